@@ -1,0 +1,108 @@
+"""The Litestar application: settings, the database pool, routes, errors, logs, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+import pricing
+from entitlements import pricing_api
+from entitlements.auth import role_guard
+from entitlements.errors import EXCEPTION_HANDLERS, ProblemError
+from entitlements.observability import (
+    METRICS_CONTENT_TYPE,
+    configure_logging,
+    metrics_text,
+    request_logging_middleware,
+)
+from entitlements.settings import Settings
+
+READY_TIMEOUT_S = 2.0
+log = structlog.get_logger("moments.app")
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    if settings.database.url is None:
+        raise RuntimeError("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL for you)")
+    db = settings.database
+    pool = await asyncpg.create_pool(
+        db.url,
+        min_size=db.pool_size_min,
+        max_size=db.pool_size_max,
+        timeout=db.connect_timeout_s,
+        server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
+    )
+    assert pool is not None
+    return pool
+
+
+@get("/healthz", operation_id="healthz", opt={"public": True}, include_in_schema=True, tags=["ops"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", operation_id="readyz", opt={"public": True}, tags=["ops"])
+async def readyz(request: Request[Any, Any, Any]) -> dict[str, str]:
+    try:
+        await request.app.state.pool.fetchval("SELECT 1", timeout=READY_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        raise ProblemError(
+            503, "not_ready", f"the database does not answer: {type(error).__name__}"
+        ) from None
+    return {"status": "ready"}
+
+
+@get("/metrics", operation_id="metrics", opt={"public": True}, media_type=MediaType.TEXT, tags=["ops"])
+async def metrics() -> Response[bytes]:
+    return Response(metrics_text(), media_type=METRICS_CONTENT_TYPE)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.api.log_format)
+    # Loaded and validated before serving: an incomplete or invalid table stops the service here.
+    price_tables = pricing.load_tables()
+    catalog = pricing.load_catalog()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(settings)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    return Litestar(
+        route_handlers=[healthz, readyz, metrics, *pricing_api.ROUTES],
+        guards=[role_guard],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_logging_middleware],
+        lifespan=[lifespan],
+        state=_initial_state(settings=settings, price_tables=price_tables, catalog=catalog),
+        request_max_body_size=settings.api.request_body_bytes_max,
+        openapi_config=OpenAPIConfig(
+            title="Moments",
+            version="1.0.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+    )
+
+
+def _initial_state(**values: Any) -> Any:
+    from litestar.datastructures import State
+
+    return State(values)
+
+
+def create_app_from_env() -> Litestar:
+    """The granian target: each server process builds its app from the environment."""
+    return create_app()

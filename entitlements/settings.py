@@ -1,0 +1,179 @@
+"""Settings: one frozen dataclass per concern, each read once from the environment.
+
+Every field is documented in README.md with its environment variable and default. Limits carry their
+unit in their name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _text(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _optional(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _int(name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _float(name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings:
+    url: str | None
+    replica_url: str | None
+    pool_size_min: int
+    pool_size_max: int
+    statement_timeout_ms: int
+    connect_timeout_s: float
+
+    @classmethod
+    def from_env(cls) -> DatabaseSettings:
+        return cls(
+            url=_optional("DATABASE_URL"),
+            replica_url=_optional("DATABASE_REPLICA_URL"),
+            pool_size_min=_int("DB_POOL_SIZE_MIN", 2, minimum=1, maximum=100),
+            pool_size_max=_int("DB_POOL_SIZE_MAX", 20, minimum=1, maximum=500),
+            statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 15_000, minimum=100, maximum=600_000),
+            connect_timeout_s=_float("DB_CONNECT_TIMEOUT_S", 10.0, minimum=0.1, maximum=120.0),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings:
+    page_size_default: int
+    page_size_max: int
+    request_body_bytes_max: int
+    support_grant_moments_max: int
+    log_format: str  # "json", "console", or "auto" (console on a TTY)
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        log_format = _text("LOG_FORMAT", "auto")
+        if log_format not in {"json", "console", "auto"}:
+            raise SettingsError(f"LOG_FORMAT must be json, console or auto, got {log_format!r}")
+        page_size_max = _int("PAGE_SIZE_MAX", 200, minimum=1, maximum=1000)
+        return cls(
+            page_size_default=min(_int("PAGE_SIZE_DEFAULT", 50, minimum=1, maximum=1000), page_size_max),
+            page_size_max=page_size_max,
+            request_body_bytes_max=_int("REQUEST_BODY_BYTES_MAX", 64 * 1024, minimum=1024, maximum=10 << 20),
+            support_grant_moments_max=_int("SUPPORT_GRANT_MOMENTS_MAX", 5_000, minimum=0, maximum=10_000_000),
+            log_format=log_format,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationSettings:
+    worker_urls: tuple[str, ...]
+    video_dir: Path
+    hold_ttl_s: int
+    dispatcher_enabled: bool
+    dispatcher_concurrency: int
+    job_lease_s: int
+    worker_request_timeout_s: float
+    render_timeout_s: int
+    attempts_max: int
+    retry_backoff_base_s: float
+    retry_backoff_cap_s: float
+    poll_interval_s: float
+    sweep_interval_s: float
+
+    @classmethod
+    def from_env(cls) -> GenerationSettings:
+        urls = tuple(u.strip() for u in _text("GENERATION_WORKER_URL", "").split(",") if u.strip())
+        return cls(
+            worker_urls=urls,
+            video_dir=Path(_text("VIDEO_DIR", ".data/videos")),
+            hold_ttl_s=_int("HOLD_TTL_S", 900, minimum=5, maximum=86_400),
+            dispatcher_enabled=_bool("DISPATCHER_ENABLED", True),
+            dispatcher_concurrency=_int("DISPATCHER_CONCURRENCY", 4, minimum=1, maximum=256),
+            job_lease_s=_int("JOB_LEASE_S", 60, minimum=2, maximum=3600),
+            worker_request_timeout_s=_float("WORKER_REQUEST_TIMEOUT_S", 10.0, minimum=0.1, maximum=300),
+            render_timeout_s=_int("RENDER_TIMEOUT_S", 300, minimum=1, maximum=86_400),
+            attempts_max=_int("GENERATION_ATTEMPTS_MAX", 5, minimum=1, maximum=50),
+            retry_backoff_base_s=_float("RETRY_BACKOFF_BASE_S", 0.5, minimum=0.0, maximum=60),
+            retry_backoff_cap_s=_float("RETRY_BACKOFF_CAP_S", 30.0, minimum=0.0, maximum=600),
+            poll_interval_s=_float("DISPATCHER_POLL_INTERVAL_S", 0.5, minimum=0.01, maximum=60),
+            sweep_interval_s=_float("SWEEP_INTERVAL_S", 5.0, minimum=0.05, maximum=3600),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StripeSettings:
+    api_key: str | None = field(repr=False)
+    webhook_secret: str | None = field(repr=False)
+    api_base: str | None
+    webhook_tolerance_s: int
+    success_url: str
+    cancel_url: str
+
+    @classmethod
+    def from_env(cls) -> StripeSettings:
+        return cls(
+            api_key=_optional("STRIPE_API_KEY"),
+            webhook_secret=_optional("STRIPE_WEBHOOK_SECRET"),
+            api_base=_optional("STRIPE_API_BASE"),
+            webhook_tolerance_s=_int("STRIPE_WEBHOOK_TOLERANCE_S", 300, minimum=1, maximum=3600),
+            success_url=_text("STRIPE_SUCCESS_URL", "http://127.0.0.1/checkout/success"),
+            cancel_url=_text("STRIPE_CANCEL_URL", "http://127.0.0.1/checkout/cancel"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database: DatabaseSettings
+    api: ApiSettings
+    generation: GenerationSettings
+    stripe: StripeSettings
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database=DatabaseSettings.from_env(),
+            api=ApiSettings.from_env(),
+            generation=GenerationSettings.from_env(),
+            stripe=StripeSettings.from_env(),
+        )

@@ -1,0 +1,35 @@
+"""Prices as data: the versioned price table, quotes against its grid, and the tier/pack catalog.
+
+Pure: no I/O beyond reading this package's own data files.
+"""
+
+from pricing.catalog import FREE_TIER, Catalog, InvalidCatalog, Pack, Tier, load_catalog
+from pricing.price_table import (
+    CELL_MOMENTS_MAX,
+    Cell,
+    InvalidPriceTable,
+    ModeGrid,
+    PriceTable,
+    current_table,
+    load_tables,
+)
+from pricing.quotes import InvalidQuoteRequest, Quote, quote
+
+__all__ = [
+    "CELL_MOMENTS_MAX",
+    "FREE_TIER",
+    "Catalog",
+    "Cell",
+    "InvalidCatalog",
+    "InvalidPriceTable",
+    "InvalidQuoteRequest",
+    "ModeGrid",
+    "Pack",
+    "PriceTable",
+    "Quote",
+    "Tier",
+    "current_table",
+    "load_catalog",
+    "load_tables",
+    "quote",
+]

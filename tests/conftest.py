@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from tests.support.database import (
+    clone_database,
+    create_template,
+    drop_database,
+    dsn_with_database,
+    postgres_server,
+)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # pytest already exits 5 when it collects nothing; say so loudly so nobody reads it as a pass.
+    if session.testscollected == 0:
+        print("\nERROR: no tests were collected; a test run that runs nothing is a failure.")
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn() -> Iterator[str]:
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres_admin_dsn: str) -> str:
+    return await create_template(postgres_admin_dsn)
+
+
+@pytest.fixture
+async def database_url(postgres_admin_dsn: str, template_database: str) -> AsyncIterator[str]:
+    name = await clone_database(postgres_admin_dsn, template_database)
+    yield dsn_with_database(postgres_admin_dsn, name)
+    await drop_database(postgres_admin_dsn, name)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=30)
+    assert created is not None
+    yield created
+    await created.close()
