@@ -1,1 +1,71 @@
-"""ledger."""
+"""The double-entry moment ledger on PostgreSQL: accounts, transactions, postings, holds, lots,
+idempotency and audit. Imports nothing else of ours."""
+
+from ledger.audit import AuditReport, Check, ExtraCheck, audit
+from ledger.batcher import BatchSettings
+from ledger.operations import (
+    AnyOperation,
+    Capture,
+    Clawback,
+    Credit,
+    ExpireLots,
+    Hold,
+    HoldNotFound,
+    IdempotencyConflict,
+    LedgerUnavailable,
+    Refund,
+    Result,
+    Void,
+)
+from ledger.rules import (
+    AMOUNT_MOMENTS_MAX,
+    HoldNotOpen,
+    InsufficientMoments,
+    InvalidOperation,
+    LedgerRuleError,
+    NotRefundable,
+)
+from ledger.service import (
+    PAGE_SIZE_MAX,
+    Balances,
+    HistoryItem,
+    InvalidCursor,
+    Ledger,
+    Page,
+    Posting,
+    TransactionItem,
+)
+
+__all__ = [
+    "AMOUNT_MOMENTS_MAX",
+    "PAGE_SIZE_MAX",
+    "AnyOperation",
+    "AuditReport",
+    "Balances",
+    "BatchSettings",
+    "Capture",
+    "Check",
+    "Clawback",
+    "Credit",
+    "ExpireLots",
+    "ExtraCheck",
+    "HistoryItem",
+    "Hold",
+    "HoldNotFound",
+    "HoldNotOpen",
+    "IdempotencyConflict",
+    "InsufficientMoments",
+    "InvalidCursor",
+    "InvalidOperation",
+    "Ledger",
+    "LedgerRuleError",
+    "LedgerUnavailable",
+    "NotRefundable",
+    "Page",
+    "Posting",
+    "Refund",
+    "Result",
+    "TransactionItem",
+    "Void",
+    "audit",
+]

@@ -1,0 +1,154 @@
+"""Every invariant of the ledger, checked against the database as it is (finance's and `moments audit`'s).
+
+Each check is one SQL query that returns offending rows; an empty answer is a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from ledger.engine import Connection
+
+EXAMPLES_MAX = 5
+
+# (name, what it means, query returning offenders)
+CHECKS: tuple[tuple[str, str, str], ...] = (
+    (
+        "transactions_balanced",
+        "every transaction has at least two postings summing to zero",
+        """
+        SELECT t.id, coalesce(sum(p.amount), 0) AS total, count(p.*) AS legs
+        FROM ledger_transactions t LEFT JOIN ledger_postings p ON p.transaction_id = t.id
+        GROUP BY t.id HAVING count(p.*) < 2 OR coalesce(sum(p.amount), 0) <> 0
+        """,
+    ),
+    (
+        "trial_balance_zero",
+        "all postings of all accounts sum to zero",
+        "SELECT sum(amount) AS total FROM ledger_postings HAVING coalesce(sum(amount), 0) <> 0",
+    ),
+    (
+        "cached_balances_match_postings",
+        "each user's cached available, held and owed equal the sums of their accounts' postings",
+        """
+        SELECT b.user_id, b.available, b.held, b.owed, coalesce(s.available, 0) AS posted_available,
+               coalesce(s.held, 0) AS posted_held, -coalesce(s.debt, 0) AS posted_owed
+        FROM ledger_balances b
+        LEFT JOIN LATERAL (
+            SELECT sum(p.amount) FILTER (WHERE p.account_id = b.available_account_id) AS available,
+                   sum(p.amount) FILTER (WHERE p.account_id = b.held_account_id) AS held,
+                   sum(p.amount) FILTER (WHERE p.account_id = b.debt_account_id) AS debt
+            FROM ledger_postings p
+            WHERE p.account_id IN (b.available_account_id, b.held_account_id, b.debt_account_id)
+        ) s ON true
+        WHERE b.available <> coalesce(s.available, 0) OR b.held <> coalesce(s.held, 0)
+           OR b.owed <> -coalesce(s.debt, 0)
+        """,
+    ),
+    (
+        "user_balances_non_negative",
+        "available and held are never negative; debt only as recorded by a clawback",
+        """
+        SELECT user_id, available, held, owed FROM ledger_balances
+        WHERE available < 0 OR held < 0 OR owed < 0
+        UNION ALL
+        SELECT t.user_id, NULL, NULL, p.amount FROM ledger_postings p
+        JOIN ledger_accounts a ON a.id = p.account_id JOIN ledger_transactions t ON t.id = p.transaction_id
+        WHERE a.kind = 'user_debt' AND p.amount < 0 AND t.kind <> 'clawback'
+        """,
+    ),
+    (
+        "held_equals_open_holds",
+        "each user's held balance equals the sum of their open holds",
+        """
+        SELECT b.user_id, b.held, coalesce(h.open_total, 0) AS open_holds
+        FROM ledger_balances b
+        LEFT JOIN (SELECT user_id, sum(amount) AS open_total FROM ledger_holds WHERE status = 'open'
+                   GROUP BY user_id) h ON h.user_id = b.user_id
+        WHERE b.held <> coalesce(h.open_total, 0)
+        """,
+    ),
+    (
+        "available_equals_lots",
+        "each user's available balance equals the sum of their lots' remaining amounts",
+        """
+        SELECT b.user_id, b.available, coalesce(l.remaining, 0) AS lots_remaining
+        FROM ledger_balances b
+        LEFT JOIN (SELECT user_id, sum(remaining) AS remaining FROM ledger_lots GROUP BY user_id) l
+            ON l.user_id = b.user_id
+        WHERE b.available <> coalesce(l.remaining, 0)
+        """,
+    ),
+    (
+        "holds_drawn_from_lots",
+        "each hold drew exactly its amount from lots, and its shares account for what was captured and refunded",
+        """
+        SELECT h.id, h.amount, sum(s.drawn) AS drawn, h.captured, h.refunded,
+               sum(s.drawn - s.returned) AS kept, sum(s.refunded) AS shares_refunded
+        FROM ledger_holds h JOIN ledger_hold_lots s ON s.hold_id = h.id
+        GROUP BY h.id
+        HAVING sum(s.drawn) <> h.amount
+            OR (h.status = 'captured' AND sum(s.drawn - s.returned) <> h.captured)
+            OR (h.status IN ('voided', 'expired') AND sum(s.returned) <> h.amount)
+            OR (h.status = 'open' AND sum(s.returned) <> 0)
+            OR sum(s.refunded) <> h.refunded
+        """,
+    ),
+    (
+        "holds_settled_once",
+        "each ended hold has exactly one settling transaction of the right kind; open holds have none",
+        """
+        SELECT h.id, h.status, t.kind
+        FROM ledger_holds h LEFT JOIN ledger_transactions t ON t.id = h.settle_transaction_id
+        WHERE (h.status = 'captured' AND t.kind IS DISTINCT FROM 'capture')
+           OR (h.status IN ('voided', 'expired') AND t.kind IS DISTINCT FROM 'void')
+           OR (h.status = 'open' AND h.settle_transaction_id IS NOT NULL)
+        """,
+    ),
+    (
+        "refunds_within_captures",
+        "refunds of a hold never exceed what was captured",
+        """
+        SELECT h.id, h.captured, coalesce(sum(-p.amount), 0) AS refunded
+        FROM ledger_holds h
+        JOIN ledger_transactions t ON t.kind = 'refund' AND t.reverses_transaction_id = h.settle_transaction_id
+        JOIN ledger_postings p ON p.transaction_id = t.id
+        JOIN ledger_accounts a ON a.id = p.account_id AND a.code = 'system:revenue'
+        GROUP BY h.id, h.captured, h.refunded
+        HAVING coalesce(sum(-p.amount), 0) > h.captured OR coalesce(sum(-p.amount), 0) <> h.refunded
+        """,
+    ),
+)
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    ok: bool
+    detail: str
+
+
+class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    checks: list[Check]
+
+
+ExtraCheck = tuple[str, str, str]
+
+
+async def audit(connection: Connection, extra_checks: Sequence[ExtraCheck] = ()) -> AuditReport:
+    """Runs every check in one repeatable-read snapshot, so they all see the same ledger."""
+    results = []
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        for name, meaning, query in (*CHECKS, *extra_checks):
+            rows = await connection.fetch(f"SELECT * FROM ({query}) AS offenders LIMIT {EXAMPLES_MAX + 1}")
+            if not rows:
+                results.append(Check(name=name, ok=True, detail=meaning))
+                continue
+            examples = "; ".join(
+                ", ".join(f"{key}={value}" for key, value in row.items()) for row in rows[:EXAMPLES_MAX]
+            )
+            more = " (and more)" if len(rows) > EXAMPLES_MAX else ""
+            results.append(Check(name=name, ok=False, detail=f"{meaning}: violated by {examples}{more}"))
+    return AuditReport(ok=all(check.ok for check in results), checks=results)

@@ -1,0 +1,112 @@
+"""Group commit: many callers' operations share one database transaction.
+
+A hot user's operations cannot beat one row update per commit unless they share commits, so callers
+queue their operations and a few committer tasks each take everything queued (up to a bound), execute
+it as one batch and commit once. Every caller gets its own result or error, and only after the commit
+that holds its operation. A batch that fails as a whole (a lost race on an idempotency key, a deadlock
+with another process) is retried; if it keeps failing, each operation runs alone so that one bad
+operation never fails the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from ledger.engine import Engine, Outcome
+from ledger.operations import AnyOperation, LedgerUnavailable
+
+log = structlog.get_logger("moments.ledger.batcher")
+
+# PostgreSQL errors after which the same batch may well succeed: a concurrent insert of the same
+# idempotency key, a deadlock or serialization failure between processes, a lock or statement timeout.
+RETRYABLE_SQLSTATES = {"23505", "40P01", "40001", "55P03", "57014"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSettings:
+    batch_size_max: int = 512
+    committers: int = 2
+    batch_attempts_max: int = 3
+    queue_size_max: int = 20_000
+
+
+class Batcher:
+    def __init__(self, pool: asyncpg.Pool, engine: Engine, settings: BatchSettings | None = None) -> None:
+        self._pool = pool
+        self._engine = engine
+        self._settings = settings or BatchSettings()
+        self._queue: asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]] = asyncio.Queue(
+            self._settings.queue_size_max
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._commit_loop(), name=f"ledger-committer-{number}")
+                for number in range(self._settings.committers)
+            ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(LedgerUnavailable("the ledger is shutting down"))
+
+    async def submit(self, operation: AnyOperation) -> Outcome:
+        assert self._tasks, "Batcher.start() first"
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put((operation, future))
+        return await future
+
+    async def _commit_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._settings.batch_size_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._run(batch)
+            except Exception as error:  # the loop must survive anything; callers get the error
+                log.exception("ledger_batch_failed", size=len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(LedgerUnavailable(f"ledger batch failed: {error!r}"))
+
+    async def _run(self, batch: list[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
+        operations = [operation for operation, _ in batch]
+        for attempt in range(1, self._settings.batch_attempts_max + 1):
+            try:
+                outcomes = await self._execute(operations)
+            except asyncpg.PostgresError as error:
+                if error.sqlstate not in RETRYABLE_SQLSTATES:
+                    break
+                log.info("ledger_batch_retry", attempt=attempt, sqlstate=error.sqlstate, size=len(batch))
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+            return
+        if len(batch) == 1:
+            outcome_error = LedgerUnavailable("the database refused the operation")
+            if not batch[0][1].done():
+                batch[0][1].set_exception(outcome_error)
+            return
+        # Isolate whatever makes the batch fail: each operation alone.
+        for item in batch:
+            await self._run([item])
+
+    async def _execute(self, operations: list[AnyOperation]) -> list[Outcome]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            return await self._engine.execute(connection, operations)

@@ -1,0 +1,669 @@
+"""Executes ledger operations inside a database transaction the caller owns.
+
+One call takes any number of operations (a batch from the group committer, or one operation inside a
+generation's transaction): it locks the users' balance rows in sorted order, loads their lots and the
+holds named, applies the pure rules in memory in the given order, and writes everything with one
+set-based statement per table. Each operation gets its own result or error; a refused operation writes
+nothing. Only this module writes balances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from ledger import rules
+from ledger.operations import (
+    AnyOperation,
+    Capture,
+    Clawback,
+    Credit,
+    ExpireLots,
+    Hold,
+    HoldNotFound,
+    IdempotencyConflict,
+    Refund,
+    Result,
+    Void,
+    validate,
+)
+from ledger.rules import LedgerRuleError
+
+Outcome = Result | LedgerRuleError
+# A plain connection or one borrowed from a pool: the ledger works with either.
+Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+CREDIT_SOURCE = {
+    "purchase": rules.SALES,
+    "subscription_grant": rules.SUBSCRIPTION_GRANTS,
+    "grant": rules.PROMOTIONS,
+    "clawback_reversal": rules.CLAWBACK,
+}
+AUTO_EXPIRY_ACTOR = "system:expiry"
+
+_result_decoder = msgspec.json.Decoder(Result)
+_result_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class _User:
+    state: rules.UserState
+    account_ids: dict[str, int]
+    expiry_checked: bool = False
+    touched: bool = False
+
+
+@dataclass(slots=True)
+class _HoldRecord:
+    hold: rules.Hold
+    reference: str | None
+    hold_transaction_id: int | None
+    settle_transaction_id: int | None = None
+    settled_at: datetime | None = None
+
+
+class IdPool:
+    """Ids preallocated from a sequence in one round trip; unused ones are simply skipped (gaps are fine)."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self._ids: Iterator[int] = iter(ids)
+
+    def take(self) -> int:
+        return next(self._ids)
+
+
+class Engine:
+    """Per-database state that never changes once read: the system accounts' ids."""
+
+    def __init__(self) -> None:
+        self._system_account_ids: dict[str, int] | None = None
+
+    async def system_account_ids(self, connection: Connection) -> dict[str, int]:
+        if self._system_account_ids is None:
+            rows = await connection.fetch("SELECT code, id FROM ledger_accounts WHERE kind = 'system'")
+            found = {row["code"]: row["id"] for row in rows}
+            missing = set(rules.SYSTEM_ACCOUNTS) - set(found)
+            assert not missing, f"system accounts missing from the database: {missing}"
+            self._system_account_ids = found
+        return self._system_account_ids
+
+    async def execute(
+        self,
+        connection: Connection,
+        operations: Sequence[AnyOperation],
+        *,
+        now: datetime | None = None,
+    ) -> list[Outcome]:
+        """Applies `operations` in order inside the caller's open transaction."""
+        assert connection.is_in_transaction(), "the ledger writes only inside a transaction"
+        now = now or datetime.now(UTC)
+        outcomes: list[Outcome | None] = [None] * len(operations)
+        valid: list[int] = []
+        for index, operation in enumerate(operations):
+            try:
+                validate(operation)
+            except LedgerRuleError as invalid:
+                outcomes[index] = invalid
+            else:
+                valid.append(index)
+        if valid:
+            await self._execute_valid(connection, operations, valid, outcomes, now)
+        assert all(outcome is not None for outcome in outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _execute_valid(
+        self,
+        connection: Connection,
+        operations: Sequence[AnyOperation],
+        valid: list[int],
+        outcomes: list[Outcome | None],
+        now: datetime,
+    ) -> None:
+        system_ids = await self.system_account_ids(connection)
+        user_ids = sorted({operations[index].user_id for index in valid})
+        users = await _lock_users(connection, user_ids)
+        keys = [operations[index].key for index in valid]
+        stored = {
+            row["idempotency_key"]: row
+            for row in await connection.fetch(
+                "SELECT idempotency_key, request_hash, result FROM ledger_transactions "
+                "WHERE idempotency_key = ANY($1::text[])",
+                keys,
+            )
+        }
+        hold_ids = sorted(
+            {op.hold_id for index in valid if isinstance(op := operations[index], Capture | Void | Refund)}
+        )
+        holds = await _load_holds(connection, hold_ids)
+        share_lot_ids = sorted({share.lot_id for record in holds.values() for share in record.hold.shares})
+        await _load_lots(connection, users, share_lot_ids)
+
+        refund_shares = sum(
+            len(holds[op.hold_id].hold.shares)
+            for index in valid
+            if isinstance(op := operations[index], Refund) and op.hold_id in holds
+        )
+        credits = sum(1 for index in valid if isinstance(operations[index], Credit))
+        holds_new = sum(1 for index in valid if isinstance(operations[index], Hold))
+        ids = await connection.fetchrow(
+            "SELECT"
+            " ARRAY(SELECT nextval('ledger_transactions_id_seq') FROM generate_series(1, $1)) AS transactions,"
+            " ARRAY(SELECT nextval('ledger_lots_id_seq') FROM generate_series(1, $2)) AS lots,"
+            " ARRAY(SELECT nextval('ledger_holds_id_seq') FROM generate_series(1, $3)) AS holds",
+            len(valid) + len(user_ids),
+            credits + refund_shares,
+            holds_new,
+        )
+        assert ids is not None
+        run = _Run(
+            now=now,
+            users=users,
+            holds=holds,
+            system_ids=system_ids,
+            transaction_ids=IdPool(ids["transactions"]),
+            lot_ids=IdPool(ids["lots"]),
+            hold_ids=IdPool(ids["holds"]),
+        )
+        first_in_batch: dict[str, tuple[bytes, Outcome]] = {}
+        for index in valid:
+            operation = operations[index]
+            request_hash = operation.request_hash()
+            row = stored.get(operation.key)
+            if row is not None:
+                outcomes[index] = _replay_or_conflict(operation.key, bytes(row["request_hash"]), request_hash, row)
+                continue
+            earlier = first_in_batch.get(operation.key)
+            if earlier is not None:
+                earlier_hash, earlier_outcome = earlier
+                if earlier_hash != request_hash:
+                    outcomes[index] = IdempotencyConflict(operation.key)
+                    continue
+                if isinstance(earlier_outcome, Result):
+                    outcomes[index] = msgspec.structs.replace(earlier_outcome, replayed=True)
+                    continue
+            try:
+                outcome: Outcome = run.apply(operation, request_hash)
+            except LedgerRuleError as refused:
+                outcome = refused
+            outcomes[index] = outcome
+            first_in_batch.setdefault(operation.key, (request_hash, outcome))
+        await run.write(connection)
+
+
+def _replay_or_conflict(key: str, stored_hash: bytes, request_hash: bytes, row: asyncpg.Record) -> Outcome:
+    if stored_hash != request_hash:
+        return IdempotencyConflict(key)
+    return msgspec.structs.replace(_result_decoder.decode(row["result"]), replayed=True)
+
+
+@dataclass(slots=True)
+class _Run:
+    """The in-memory work of one execute(): applies rules and remembers what to write."""
+
+    now: datetime
+    users: dict[str, _User]
+    holds: dict[int, _HoldRecord]
+    system_ids: dict[str, int]
+    transaction_ids: IdPool
+    lot_ids: IdPool
+    hold_ids: IdPool
+    transactions: list[tuple[Any, ...]] = field(default_factory=list)
+    postings: list[tuple[int, int, int]] = field(default_factory=list)
+    lot_sources: dict[int, int] = field(default_factory=dict)
+    lot_owners: dict[int, str] = field(default_factory=dict)
+
+    def apply(self, operation: AnyOperation, request_hash: bytes) -> Result:
+        user = self.users[operation.user_id]
+        if not isinstance(operation, ExpireLots):
+            self._expire_on_touch(user)
+        state = user.state
+        hold_id: int | None = None
+        lot_ids: tuple[int, ...] = ()
+        reverses: int | None = None
+        kind: str
+        match operation:
+            case Credit():
+                lot_id = self.lot_ids.take()
+                postings, lot = rules.credit(
+                    state,
+                    amount=operation.amount,
+                    source=CREDIT_SOURCE[operation.kind],
+                    category=operation.category,
+                    expires_at=operation.expires_at,
+                    lot_id=lot_id,
+                    now=self.now,
+                )
+                kind, amount = operation.kind, operation.amount
+                lot_ids = (lot.id,) if lot is not None else ()
+            case Hold():
+                new_id = self.hold_ids.take()
+                postings, hold = rules.hold(
+                    state,
+                    amount=operation.amount,
+                    hold_id=new_id,
+                    expires_at=operation.expires_at,
+                    now=self.now,
+                )
+                self.holds[new_id] = _HoldRecord(hold=hold, reference=operation.reference, hold_transaction_id=None)
+                kind, amount, hold_id = "hold", operation.amount, new_id
+            case Capture():
+                record = self._hold_of(operation.hold_id, operation.user_id)
+                postings = rules.capture(state, record.hold, amount=operation.amount, now=self.now)
+                kind, amount, hold_id = "capture", record.hold.captured, record.hold.id
+            case Void():
+                record = self._hold_of(operation.hold_id, operation.user_id)
+                postings = rules.void(state, record.hold, expired=operation.expired, now=self.now)
+                kind, amount, hold_id = "void", record.hold.amount, record.hold.id
+            case Refund():
+                record = self._hold_of(operation.hold_id, operation.user_id)
+                postings, new_lots = rules.refund(
+                    state, record.hold, amount=operation.amount, new_lot_id=self.lot_ids.take, now=self.now
+                )
+                kind, amount, hold_id = "refund", operation.amount, record.hold.id
+                lot_ids = tuple(lot.id for lot in new_lots)
+                reverses = record.settle_transaction_id
+            case ExpireLots():
+                expired = rules.expire_lots(state, now=self.now)
+                if expired is None:
+                    # Nothing to expire: no transaction, nothing to replay; answering again is harmless.
+                    return self._result(None, "expiry", 0, user, None, ())
+                postings, kind, amount = expired, "expiry", -expired[0][1]
+            case Clawback():
+                postings = rules.clawback(
+                    state, amount=operation.amount, preferred_lot_id=operation.lot_id, now=self.now
+                )
+                kind, amount = "clawback", operation.amount
+            case _:
+                raise AssertionError(f"unknown operation {operation!r}")
+        state.check()
+        transaction_id = self.transaction_ids.take()
+        result = self._result(transaction_id, kind, amount, user, hold_id, lot_ids)
+        self._record(
+            transaction_id,
+            kind,
+            operation.key,
+            request_hash,
+            operation,
+            user,
+            postings,
+            result,
+            reverses=reverses,
+        )
+        if hold_id is not None:
+            record = self.holds[hold_id]
+            if kind == "hold":
+                record.hold_transaction_id = transaction_id
+            elif kind in {"capture", "void"}:
+                record.settle_transaction_id, record.settled_at = transaction_id, self.now
+        for lot_id in lot_ids:
+            self.lot_sources[lot_id] = transaction_id
+            self.lot_owners[lot_id] = user.state.user_id
+        return result
+
+    def _hold_of(self, hold_id: int, user_id: str) -> _HoldRecord:
+        record = self.holds.get(hold_id)
+        if record is None or record.hold.user_id != user_id:
+            raise HoldNotFound(hold_id)
+        return record
+
+    def _expire_on_touch(self, user: _User) -> None:
+        """Lots past their expiry are expired before the user's next operation, so nothing spends them."""
+        if user.expiry_checked:
+            return
+        user.expiry_checked = True
+        expiring = sorted(lot.id for lot in user.state.lots.values() if lot.remaining > 0 and lot.is_expired(self.now))
+        if not expiring:
+            return
+        postings = rules.expire_lots(user.state, now=self.now)
+        assert postings is not None
+        digest = hashlib.sha256(",".join(map(str, expiring)).encode()).hexdigest()[:40]
+        key = f"expiry:{user.state.user_id}:{digest}"
+        transaction_id = self.transaction_ids.take()
+        result = self._result(transaction_id, "expiry", postings[1][1], user, None, ())
+        operation = ExpireLots(
+            key=key, user_id=user.state.user_id, actor=AUTO_EXPIRY_ACTOR, reason="lots past their expiry"
+        )
+        self._record(
+            transaction_id,
+            "expiry",
+            key,
+            operation.request_hash(),
+            operation,
+            user,
+            postings,
+            result,
+            reverses=None,
+        )
+
+    def _result(
+        self,
+        transaction_id: int | None,
+        kind: str,
+        amount: int,
+        user: _User,
+        hold_id: int | None,
+        lot_ids: tuple[int, ...],
+    ) -> Result:
+        state = user.state
+        return Result(
+            transaction_id=transaction_id,
+            kind=kind,
+            user_id=state.user_id,
+            amount=amount,
+            available=state.available,
+            held=state.held,
+            owed=state.owed,
+            hold_id=hold_id,
+            lot_ids=lot_ids,
+        )
+
+    def _record(
+        self,
+        transaction_id: int,
+        kind: str,
+        key: str,
+        request_hash: bytes,
+        operation: AnyOperation,
+        user: _User,
+        postings: rules.Postings,
+        result: Result,
+        *,
+        reverses: int | None,
+    ) -> None:
+        user.touched = True
+        self.transactions.append(
+            (
+                transaction_id,
+                kind,
+                key,
+                request_hash,
+                user.state.user_id,
+                operation.reference,
+                reverses,
+                operation.actor,
+                operation.reason,
+                _result_encoder.encode(result).decode(),
+            )
+        )
+        for account, amount in postings:
+            account_id = user.account_ids.get(account) or self.system_ids[account]
+            self.postings.append((transaction_id, account_id, amount))
+
+    async def write(self, connection: Connection) -> None:
+        if not self.transactions:
+            return
+        await connection.execute(
+            """
+            INSERT INTO ledger_transactions
+                (id, kind, idempotency_key, request_hash, user_id, reference, reverses_transaction_id,
+                 actor, reason, result)
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[],
+                                 $7::bigint[], $8::text[], $9::text[], $10::jsonb[])
+            ORDER BY 3
+            """,
+            *_columns(self.transactions, 10),
+        )
+        new_lots, changed_lots = [], []
+        for user in self.users.values():
+            for lot in user.state.lots.values():
+                if lot.new:
+                    new_lots.append(
+                        (
+                            lot.id,
+                            user.state.user_id,
+                            lot.category,
+                            lot.amount,
+                            lot.remaining,
+                            lot.expires_at,
+                            lot.expired_at,
+                            self.lot_sources[lot.id],
+                        )
+                    )
+                elif lot.changed:
+                    changed_lots.append((lot.id, lot.remaining, lot.expired_at))
+        if new_lots:
+            await connection.execute(
+                """
+                INSERT INTO ledger_lots
+                    (id, user_id, category, amount, remaining, expires_at, expired_at, source_transaction_id)
+                SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                                     $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+                """,
+                *_columns(new_lots, 8),
+            )
+        new_holds, changed_holds, new_shares, changed_shares = [], [], [], []
+        for record in self.holds.values():
+            hold = record.hold
+            if not (hold.new or hold.changed):
+                continue
+            if hold.new:
+                new_holds.append(
+                    (
+                        hold.id,
+                        hold.user_id,
+                        hold.amount,
+                        hold.status,
+                        hold.captured,
+                        hold.refunded,
+                        hold.expires_at,
+                        record.reference,
+                        record.hold_transaction_id,
+                        record.settle_transaction_id,
+                        record.settled_at,
+                    )
+                )
+                new_shares += [
+                    (hold.id, share.lot_id, order, share.drawn, share.returned, share.refunded)
+                    for order, share in enumerate(hold.shares)
+                ]
+            else:
+                changed_holds.append(
+                    (
+                        hold.id,
+                        hold.status,
+                        hold.captured,
+                        hold.refunded,
+                        record.settle_transaction_id,
+                        record.settled_at,
+                    )
+                )
+                changed_shares += [(hold.id, share.lot_id, share.returned, share.refunded) for share in hold.shares]
+        if new_holds:
+            await connection.execute(
+                """
+                INSERT INTO ledger_holds
+                    (id, user_id, amount, status, captured, refunded, expires_at, reference,
+                     hold_transaction_id, settle_transaction_id, settled_at)
+                SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
+                                     $6::bigint[], $7::timestamptz[], $8::text[], $9::bigint[], $10::bigint[],
+                                     $11::timestamptz[])
+                """,
+                *_columns(new_holds, 11),
+            )
+            await connection.execute(
+                """
+                INSERT INTO ledger_hold_lots (hold_id, lot_id, draw_order, drawn, returned, refunded)
+                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::bigint[], $5::bigint[],
+                                     $6::bigint[])
+                """,
+                *_columns(new_shares, 6),
+            )
+        await connection.execute(
+            """
+            INSERT INTO ledger_postings (transaction_id, account_id, amount)
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+            """,
+            *_columns(self.postings, 3),
+        )
+        if changed_lots:
+            await connection.execute(
+                """
+                UPDATE ledger_lots AS lot SET remaining = change.remaining, expired_at = change.expired_at
+                FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS change (id, remaining, expired_at)
+                WHERE lot.id = change.id
+                """,
+                *_columns(changed_lots, 3),
+            )
+        if changed_holds:
+            await connection.execute(
+                """
+                UPDATE ledger_holds AS hold
+                SET status = change.status, captured = change.captured, refunded = change.refunded,
+                    settle_transaction_id = change.settle_transaction_id, settled_at = change.settled_at
+                FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                            $6::timestamptz[])
+                    AS change (id, status, captured, refunded, settle_transaction_id, settled_at)
+                WHERE hold.id = change.id
+                """,
+                *_columns(changed_holds, 6),
+            )
+            await connection.execute(
+                """
+                UPDATE ledger_hold_lots AS share SET returned = change.returned, refunded = change.refunded
+                FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+                    AS change (hold_id, lot_id, returned, refunded)
+                WHERE share.hold_id = change.hold_id AND share.lot_id = change.lot_id
+                """,
+                *_columns(changed_shares, 4),
+            )
+        touched = [
+            (user.state.user_id, user.state.available, user.state.held, user.state.owed)
+            for user in self.users.values()
+            if user.touched
+        ]
+        await connection.execute(
+            """
+            UPDATE ledger_balances AS balance
+            SET available = change.available, held = change.held, owed = change.owed,
+                version = balance.version + 1, updated_at = now()
+            FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+                AS change (user_id, available, held, owed)
+            WHERE balance.user_id = change.user_id
+            """,
+            *_columns(touched, 4),
+        )
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def _lock_users(connection: Connection, user_ids: list[str]) -> dict[str, _User]:
+    """Locks every user's balance row in user-id order (no deadlock), creating missing users first."""
+    rows = await connection.fetch(_LOCK_USERS, user_ids)
+    if len(rows) < len(user_ids):
+        missing = sorted(set(user_ids) - {row["user_id"] for row in rows})
+        await connection.execute(_CREATE_USERS, missing)
+        rows = await connection.fetch(_LOCK_USERS, user_ids)
+    assert len(rows) == len(user_ids), "every user has a balance row after creation"
+    users = {}
+    for row in rows:
+        state = rules.UserState(user_id=row["user_id"], available=row["available"], held=row["held"], owed=row["owed"])
+        account_ids = {
+            rules.AVAILABLE: row["available_account_id"],
+            rules.HELD: row["held_account_id"],
+            rules.DEBT: row["debt_account_id"],
+        }
+        users[row["user_id"]] = _User(state=state, account_ids=account_ids)
+    return users
+
+
+_LOCK_USERS = """
+SELECT user_id, available_account_id, held_account_id, debt_account_id, available, held, owed
+FROM ledger_balances WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
+"""
+
+# Accounts and the balance row are created together, in user order, so that two processes creating
+# the same users wait for each other instead of deadlocking.
+_CREATE_USERS = """
+WITH wanted AS (SELECT DISTINCT user_id FROM unnest($1::text[]) AS user_id),
+created AS (
+    INSERT INTO ledger_accounts (code, kind, user_id)
+    SELECT 'user:' || user_id || ':' || role, 'user_' || role, user_id
+    FROM wanted CROSS JOIN unnest(ARRAY['available', 'held', 'debt']) AS role
+    ORDER BY 1
+    ON CONFLICT (code) DO NOTHING
+    RETURNING id, kind, user_id
+)
+INSERT INTO ledger_balances (user_id, available_account_id, held_account_id, debt_account_id)
+SELECT user_id,
+       max(id) FILTER (WHERE kind = 'user_available'),
+       max(id) FILTER (WHERE kind = 'user_held'),
+       max(id) FILTER (WHERE kind = 'user_debt')
+FROM created GROUP BY user_id ORDER BY user_id
+ON CONFLICT (user_id) DO NOTHING
+"""
+
+
+async def _load_holds(connection: Connection, hold_ids: list[int]) -> dict[int, _HoldRecord]:
+    if not hold_ids:
+        return {}
+    rows = await connection.fetch(
+        """
+        SELECT h.id, h.user_id, h.amount, h.status, h.captured, h.refunded, h.expires_at, h.reference,
+               h.hold_transaction_id, h.settle_transaction_id, h.settled_at,
+               array_agg(s.lot_id ORDER BY s.draw_order) AS lot_ids,
+               array_agg(s.drawn ORDER BY s.draw_order) AS drawn,
+               array_agg(s.returned ORDER BY s.draw_order) AS returned,
+               array_agg(s.refunded ORDER BY s.draw_order) AS refunded_shares
+        FROM ledger_holds h JOIN ledger_hold_lots s ON s.hold_id = h.id
+        WHERE h.id = ANY($1::bigint[])
+        GROUP BY h.id
+        """,
+        hold_ids,
+    )
+    holds = {}
+    for row in rows:
+        shares = [
+            rules.Share(lot_id=lot_id, drawn=drawn, returned=returned, refunded=refunded)
+            for lot_id, drawn, returned, refunded in zip(
+                row["lot_ids"], row["drawn"], row["returned"], row["refunded_shares"], strict=True
+            )
+        ]
+        hold = rules.Hold(
+            id=row["id"],
+            user_id=row["user_id"],
+            amount=row["amount"],
+            status=row["status"],
+            expires_at=row["expires_at"],
+            shares=shares,
+            captured=row["captured"],
+            refunded=row["refunded"],
+        )
+        holds[hold.id] = _HoldRecord(
+            hold=hold,
+            reference=row["reference"],
+            hold_transaction_id=row["hold_transaction_id"],
+            settle_transaction_id=row["settle_transaction_id"],
+            settled_at=row["settled_at"],
+        )
+    return holds
+
+
+async def _load_lots(connection: Connection, users: dict[str, _User], lot_ids: list[int]) -> None:
+    rows = await connection.fetch(
+        """
+        SELECT id, user_id, category, amount, remaining, expires_at, expired_at FROM ledger_lots
+        WHERE user_id = ANY($1::text[]) AND (remaining > 0 OR id = ANY($2::bigint[]))
+        """,
+        list(users),
+        lot_ids,
+    )
+    for row in rows:
+        users[row["user_id"]].state.lots[row["id"]] = rules.Lot(
+            id=row["id"],
+            category=row["category"],
+            amount=row["amount"],
+            remaining=row["remaining"],
+            expires_at=row["expires_at"],
+            expired_at=row["expired_at"],
+        )

@@ -1,0 +1,272 @@
+"""The ledger's async API: operations (batched or inside a caller's transaction), reads and audit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import asyncpg
+import msgspec
+
+from ledger.audit import AuditReport, ExtraCheck, audit
+from ledger.batcher import Batcher, BatchSettings
+from ledger.engine import Connection, Engine, Outcome
+from ledger.operations import AnyOperation, ExpireLots, Result, Void
+from ledger.rules import LedgerRuleError
+
+PAGE_SIZE_MAX = 1000
+T = TypeVar("T")
+SWEEP_BATCH_MAX = 500
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+class Balances(msgspec.Struct, frozen=True, kw_only=True):
+    available: int
+    held: int
+    owed: int
+
+
+class HistoryItem(msgspec.Struct, frozen=True, kw_only=True):
+    transaction_id: int
+    kind: str
+    delta_available: int
+    delta_held: int
+    delta_owed: int
+    reference: str | None
+    reason: str | None
+    actor: str
+    created_at: datetime
+
+
+class Posting(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    amount: int
+
+
+class TransactionItem(msgspec.Struct, frozen=True, kw_only=True):
+    transaction_id: int
+    kind: str
+    user_id: str
+    postings: list[Posting]
+    reference: str | None
+    reverses_transaction_id: int | None
+    actor: str
+    reason: str | None
+    created_at: datetime
+
+
+class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, value = text.partition(":")
+        if version != "v1":
+            raise ValueError(version)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor("cursor is not one this service issued") from None
+
+
+class Ledger:
+    def __init__(self, pool: asyncpg.Pool, *, batch_settings: BatchSettings | None = None) -> None:
+        self.pool = pool
+        self.engine = Engine()
+        self._batcher = Batcher(pool, self.engine, batch_settings)
+
+    async def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    async def __aenter__(self) -> Ledger:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def submit(self, operation: AnyOperation) -> Result:
+        """Runs one operation through group commit; raises its LedgerRuleError if refused."""
+        outcome = await self._batcher.submit(operation)
+        if isinstance(outcome, LedgerRuleError):
+            raise outcome
+        return outcome
+
+    async def outcome(self, operation: AnyOperation) -> Outcome:
+        """Like submit, but returns a refusal instead of raising it."""
+        return await self._batcher.submit(operation)
+
+    async def execute_in(
+        self,
+        connection: Connection,
+        operations: Sequence[AnyOperation],
+        *,
+        now: datetime | None = None,
+    ) -> list[Outcome]:
+        """Runs operations inside the caller's open transaction (e.g. a hold beside a generation row)."""
+        return await self.engine.execute(connection, operations, now=now)
+
+    async def balances(self, user_id: str) -> Balances:
+        row = await self.pool.fetchrow("SELECT available, held, owed FROM ledger_balances WHERE user_id = $1", user_id)
+        if row is None:
+            return Balances(available=0, held=0, owed=0)
+        return Balances(available=row["available"], held=row["held"], owed=row["owed"])
+
+    async def history(self, user_id: str, *, limit: int, cursor: str | None) -> Page[HistoryItem]:
+        assert 1 <= limit <= PAGE_SIZE_MAX
+        before = decode_cursor(cursor)
+        rows = await self.pool.fetch(
+            """
+            SELECT t.id, t.kind, t.reference, t.reason, t.actor, t.created_at,
+                   coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.available_account_id), 0)::bigint AS available,
+                   coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.held_account_id), 0)::bigint AS held,
+                   (-coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.debt_account_id), 0))::bigint AS owed
+            FROM ledger_transactions t
+            JOIN ledger_balances b ON b.user_id = t.user_id
+            JOIN ledger_postings p ON p.transaction_id = t.id
+            WHERE t.user_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
+            GROUP BY t.id
+            ORDER BY t.id DESC
+            LIMIT $3
+            """,
+            user_id,
+            before,
+            limit + 1,
+        )
+        items = [
+            HistoryItem(
+                transaction_id=row["id"],
+                kind=row["kind"],
+                delta_available=row["available"],
+                delta_held=row["held"],
+                delta_owed=row["owed"],
+                reference=row["reference"],
+                reason=row["reason"],
+                actor=row["actor"],
+                created_at=row["created_at"],
+            )
+            for row in rows[:limit]
+        ]
+        next_cursor = encode_cursor(items[-1].transaction_id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def transactions(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        kind: str | None,
+        limit: int,
+        cursor: str | None,
+        connection: asyncpg.Pool | Connection | None = None,
+    ) -> Page[TransactionItem]:
+        assert 1 <= limit <= PAGE_SIZE_MAX
+        after = decode_cursor(cursor)
+        rows = await (connection or self.pool).fetch(
+            """
+            SELECT t.id, t.kind, t.user_id, t.reference, t.reverses_transaction_id, t.actor, t.reason,
+                   t.created_at, array_agg(a.code ORDER BY a.code) AS accounts,
+                   array_agg(p.amount ORDER BY a.code) AS amounts
+            FROM ledger_transactions t
+            JOIN ledger_postings p ON p.transaction_id = t.id
+            JOIN ledger_accounts a ON a.id = p.account_id
+            WHERE ($1::bigint IS NULL OR t.id > $1)
+              AND ($2::timestamptz IS NULL OR t.created_at >= $2)
+              AND ($3::timestamptz IS NULL OR t.created_at < $3)
+              AND ($4::text IS NULL OR t.kind = $4)
+            GROUP BY t.id
+            ORDER BY t.id
+            LIMIT $5
+            """,
+            after,
+            since,
+            until,
+            kind,
+            limit + 1,
+        )
+        items = [
+            TransactionItem(
+                transaction_id=row["id"],
+                kind=row["kind"],
+                user_id=row["user_id"],
+                postings=[
+                    Posting(account=account, amount=amount)
+                    for account, amount in zip(row["accounts"], row["amounts"], strict=True)
+                ],
+                reference=row["reference"],
+                reverses_transaction_id=row["reverses_transaction_id"],
+                actor=row["actor"],
+                reason=row["reason"],
+                created_at=row["created_at"],
+            )
+            for row in rows[:limit]
+        ]
+        next_cursor = encode_cursor(items[-1].transaction_id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def audit(self, extra_checks: Sequence[ExtraCheck] = ()) -> AuditReport:
+        async with self.pool.acquire() as connection:
+            return await audit(connection, extra_checks)
+
+    async def expire_due_lots(self, now: datetime, *, users_max: int = SWEEP_BATCH_MAX) -> int:
+        """The sweeper's lot expiry: one expiry transaction per user with lots past their expiry."""
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT user_id FROM ledger_lots WHERE remaining > 0 AND expires_at <= $1 LIMIT $2",
+            now,
+            users_max,
+        )
+        expired = 0
+        for row in rows:
+            digest_key = f"sweep-expiry:{row['user_id']}:{now.isoformat()}"
+            result = await self.outcome(
+                ExpireLots(
+                    key=digest_key,
+                    user_id=row["user_id"],
+                    actor="system:sweeper",
+                    reason="lots past their expiry",
+                )
+            )
+            if isinstance(result, Result) and result.transaction_id is not None:
+                expired += 1
+        return expired
+
+    async def void_expired_holds(self, now: datetime, *, holds_max: int = SWEEP_BATCH_MAX) -> list[Outcome]:
+        """The sweeper's hold expiry: every open hold past `expires_at` is voided as expired."""
+        rows = await self.pool.fetch(
+            "SELECT id, user_id FROM ledger_holds WHERE status = 'open' AND expires_at <= $1 "
+            "ORDER BY expires_at LIMIT $2",
+            now,
+            holds_max,
+        )
+        operations = [
+            Void(
+                key=f"hold-expiry:{row['id']}",
+                user_id=row["user_id"],
+                hold_id=row["id"],
+                expired=True,
+                actor="system:sweeper",
+                reason="hold expired",
+            )
+            for row in rows
+        ]
+        outcomes = []
+        for operation in operations:
+            outcomes.append(await self.outcome(operation))
+        return outcomes
