@@ -12,8 +12,9 @@ from litestar import Litestar, MediaType, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+import ledger
 import pricing
-from entitlements import pricing_api
+from entitlements import ledger_api, pricing_api
 from entitlements.auth import role_guard
 from entitlements.errors import EXCEPTION_HANDLERS, ProblemError
 from entitlements.observability import (
@@ -25,15 +26,18 @@ from entitlements.observability import (
 from entitlements.settings import Settings
 
 READY_TIMEOUT_S = 2.0
+# Invariants beyond the ledger's own that `audit` also checks (the generations' settlement).
+EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = ()
 log = structlog.get_logger("moments.app")
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
-    if settings.database.url is None:
+async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Pool:
+    url = url or settings.database.url
+    if url is None:
         raise RuntimeError("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL for you)")
     db = settings.database
     pool = await asyncpg.create_pool(
-        db.url,
+        url,
         min_size=db.pool_size_min,
         max_size=db.pool_size_max,
         timeout=db.connect_timeout_s,
@@ -53,9 +57,7 @@ async def readyz(request: Request[Any, Any, Any]) -> dict[str, str]:
     try:
         await request.app.state.pool.fetchval("SELECT 1", timeout=READY_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
-        raise ProblemError(
-            503, "not_ready", f"the database does not answer: {type(error).__name__}"
-        ) from None
+        raise ProblemError(503, "not_ready", f"the database does not answer: {type(error).__name__}") from None
     return {"status": "ready"}
 
 
@@ -74,18 +76,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings)
+        replica_url = settings.database.replica_url
+        app.state.read_pool = await create_pool(settings, replica_url) if replica_url else app.state.pool
+        app.state.ledger = ledger.Ledger(
+            app.state.pool,
+            batch_settings=ledger.BatchSettings(
+                batch_size_max=settings.ledger.batch_size_max, committers=settings.ledger.committers
+            ),
+        )
+        await app.state.ledger.start()
         try:
             yield
         finally:
+            await app.state.ledger.close()
+            if app.state.read_pool is not app.state.pool:
+                await app.state.read_pool.close()
             await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, *pricing_api.ROUTES],
+        route_handlers=[healthz, readyz, metrics, *pricing_api.ROUTES, *ledger_api.ROUTES],
         guards=[role_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_logging_middleware],
         lifespan=[lifespan],
-        state=_initial_state(settings=settings, price_tables=price_tables, catalog=catalog),
+        state=_initial_state(
+            settings=settings, price_tables=price_tables, catalog=catalog, extra_audit_checks=EXTRA_AUDIT_CHECKS
+        ),
         request_max_body_size=settings.api.request_body_bytes_max,
         openapi_config=OpenAPIConfig(
             title="Moments",

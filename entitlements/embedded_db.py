@@ -116,9 +116,7 @@ class EmbeddedPostgres:
         if not self._started_here:
             return
         with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            self._run(
-                "pg_ctl", ["-D", str(self.data_dir), "-m", "fast", "-w", "stop"], timeout_s=STOP_TIMEOUT_S
-            )
+            self._run("pg_ctl", ["-D", str(self.data_dir), "-m", "fast", "-w", "stop"], timeout_s=STOP_TIMEOUT_S)
         self._started_here = False
 
     def destroy(self) -> None:

@@ -26,9 +26,7 @@ log = structlog.get_logger("moments.errors")
 class ProblemError(Exception):
     """An expected failure, answered as problem+json. `extra` adds members (e.g. required, available)."""
 
-    def __init__(
-        self, status: int, code: str, detail: str, *, title: str | None = None, **extra: Any
-    ) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, title: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -40,9 +38,7 @@ class ProblemError(Exception):
 class ValidationFailed(ProblemError):
     def __init__(self, field: str, message: str, **extra: Any) -> None:
         detail = message if message.startswith(field) else f"{field}: {message}"
-        super().__init__(
-            422, "validation_failed", detail, errors=[{"field": field, "message": message}], **extra
-        )
+        super().__init__(422, "validation_failed", detail, errors=[{"field": field, "message": message}], **extra)
         self.field = field
 
 
@@ -118,9 +114,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         # Malformed JSON and other unreadable bodies: the client's input, so a validation failure.
         detail = str(exc.detail)
         return problem_response(
-            ProblemError(
-                422, "validation_failed", f"body: {detail}", errors=[{"field": "body", "message": detail}]
-            ),
+            ProblemError(422, "validation_failed", f"body: {detail}", errors=[{"field": "body", "message": detail}]),
             request,
         )
     if exc.status_code >= 500:

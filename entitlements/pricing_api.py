@@ -10,6 +10,7 @@ from litestar import Request, get, post
 import pricing
 from entitlements.auth import ROLES
 from entitlements.errors import ValidationFailed
+from entitlements.http import strict_body
 from entitlements.schemas import PriceCell, PricingOut, QuoteCreate, QuoteOut
 
 
@@ -53,6 +54,7 @@ async def get_pricing(request: Request[Any, Any, Any]) -> PricingOut:
 
 @post("/v1/quotes", operation_id="createQuote", opt={"roles": ROLES}, tags=["pricing"], status_code=200)
 async def create_quote(request: Request[Any, Any, Any], data: QuoteCreate) -> QuoteOut:
+    data = await strict_body(request, QuoteCreate)
     quote = quote_or_422(
         current_table(request),
         mode=data.mode,

@@ -142,6 +142,19 @@ class GenerationSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LedgerSettings:
+    batch_size_max: int
+    committers: int
+
+    @classmethod
+    def from_env(cls) -> LedgerSettings:
+        return cls(
+            batch_size_max=_int("LEDGER_BATCH_SIZE_MAX", 512, minimum=1, maximum=10_000),
+            committers=_int("LEDGER_COMMITTERS", 2, minimum=1, maximum=64),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class StripeSettings:
     api_key: str | None = field(repr=False)
     webhook_secret: str | None = field(repr=False)
@@ -167,6 +180,7 @@ class Settings:
     database: DatabaseSettings
     api: ApiSettings
     generation: GenerationSettings
+    ledger: LedgerSettings
     stripe: StripeSettings
 
     @classmethod
@@ -175,5 +189,6 @@ class Settings:
             database=DatabaseSettings.from_env(),
             api=ApiSettings.from_env(),
             generation=GenerationSettings.from_env(),
+            ledger=LedgerSettings.from_env(),
             stripe=StripeSettings.from_env(),
         )
