@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,8 +16,9 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 import ledger
 import pricing
-from entitlements import ledger_api, pricing_api
+from entitlements import generations, generations_api, ledger_api, pricing_api
 from entitlements.auth import role_guard
+from entitlements.dispatcher import Dispatcher, Sweeper
 from entitlements.errors import EXCEPTION_HANDLERS, ProblemError
 from entitlements.observability import (
     METRICS_CONTENT_TYPE,
@@ -24,10 +27,11 @@ from entitlements.observability import (
     request_logging_middleware,
 )
 from entitlements.settings import Settings
+from generation_client import WorkerClient
 
 READY_TIMEOUT_S = 2.0
 # Invariants beyond the ledger's own that `audit` also checks (the generations' settlement).
-EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = ()
+EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = generations.AUDIT_CHECKS
 log = structlog.get_logger("moments.app")
 
 
@@ -85,16 +89,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         )
         await app.state.ledger.start()
+        background = await _start_background(app, settings)
         try:
             yield
         finally:
+            await _stop_background(app, background)
             await app.state.ledger.close()
             if app.state.read_pool is not app.state.pool:
                 await app.state.read_pool.close()
             await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, *pricing_api.ROUTES, *ledger_api.ROUTES],
+        route_handlers=[healthz, readyz, metrics, *pricing_api.ROUTES, *ledger_api.ROUTES, *generations_api.ROUTES],
         guards=[role_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_logging_middleware],
@@ -111,6 +117,38 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         logging_config=None,
     )
+
+
+async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
+    """The dispatcher and the sweeper run beside the API in every `moments serve` process (unless
+    DISPATCHER_ENABLED=false); they coordinate with other processes only through PostgreSQL."""
+    app.state.dispatcher = None
+    app.state.worker_client = None
+    generation = settings.generation
+    if not generation.dispatcher_enabled:
+        return []
+    tasks = [asyncio.create_task(Sweeper(app.state.pool, app.state.ledger, generation).run(), name="sweeper")]
+    if not generation.worker_urls:
+        log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
+        return tasks
+    client = WorkerClient(generation.worker_urls, request_timeout_s=generation.worker_request_timeout_s)
+    await client.__aenter__()
+    app.state.worker_client = client
+    app.state.dispatcher = Dispatcher(app.state.pool, app.state.ledger, generation, client)
+    tasks.append(asyncio.create_task(app.state.dispatcher.run(), name="dispatcher"))
+    return tasks
+
+
+async def _stop_background(app: Litestar, tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if app.state.dispatcher is not None:
+        await app.state.dispatcher.close()
+    if app.state.worker_client is not None:
+        await app.state.worker_client.aclose()
 
 
 def _initial_state(**values: Any) -> Any:

@@ -20,6 +20,7 @@ USER_ID_CHARS_MAX = 200
 # The HTTP status of each refusal the ledger can answer with.
 LEDGER_ERROR_STATUS = {
     "insufficient_moments": 402,
+    "in_debt": 402,
     "idempotency_key_reused": 409,
     "not_found": 404,
     "conflict": 409,
@@ -66,6 +67,8 @@ def ledger_problem(error: ledger.LedgerRuleError) -> ProblemError:
     extra: dict[str, Any] = {}
     if isinstance(error, ledger.InsufficientMoments):
         extra = {"required": error.required, "available": error.available}
+    elif isinstance(error, ledger.InDebt):
+        extra = {"owed": error.owed}
     return ProblemError(status, error.code, str(error), **extra)
 
 

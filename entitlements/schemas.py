@@ -8,6 +8,8 @@ import msgspec
 
 PROMPT_CHARS_MAX = 5_000
 IMAGE_ID_CHARS_MAX = 200
+# Image ids name files on the worker: unreserved URL characters, no leading dot (no path tricks).
+IMAGE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._~-]*$"
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 REASON_CHARS_MAX = 1_000
 

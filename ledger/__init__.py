@@ -20,6 +20,7 @@ from ledger.operations import (
 from ledger.rules import (
     AMOUNT_MOMENTS_MAX,
     HoldNotOpen,
+    InDebt,
     InsufficientMoments,
     InvalidOperation,
     LedgerRuleError,
@@ -54,6 +55,7 @@ __all__ = [
     "HoldNotFound",
     "HoldNotOpen",
     "IdempotencyConflict",
+    "InDebt",
     "InsufficientMoments",
     "InvalidCursor",
     "InvalidOperation",

@@ -50,6 +50,14 @@ class InsufficientMoments(LedgerRuleError):
         self.available = available
 
 
+class InDebt(LedgerRuleError):
+    code = "in_debt"
+
+    def __init__(self, owed: int) -> None:
+        super().__init__(f"the user owes {owed} moments from a clawback; debt blocks new holds until repaid")
+        self.owed = owed
+
+
 class HoldNotOpen(LedgerRuleError):
     code = "conflict"
 
@@ -193,10 +201,12 @@ def credit(
 
 
 def hold(state: UserState, *, amount: int, hold_id: int, expires_at: datetime, now: datetime) -> tuple[Postings, Hold]:
-    """Reserves moments: available → held, drawing from lots in spending order."""
+    """Reserves moments: available → held, drawing from lots in spending order. Debt blocks it."""
     check_amount(amount)
     if expires_at <= now:
         raise InvalidOperation("expires_at must be in the future")
+    if state.owed > 0:
+        raise InDebt(state.owed)
     lots = state.spendable_lots(now)
     spendable = sum(lot.remaining for lot in lots)
     if spendable < amount:

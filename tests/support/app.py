@@ -13,5 +13,5 @@ def settings_for(database_url: str, **generation: Any) -> Settings:
     return dataclasses.replace(
         base,
         database=dataclasses.replace(base.database, url=database_url, pool_size_max=20),
-        generation=dataclasses.replace(base.generation, dispatcher_enabled=False, **generation),
+        generation=dataclasses.replace(base.generation, **({"dispatcher_enabled": False} | generation)),
     )
