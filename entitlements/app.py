@@ -99,11 +99,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await app.state.read_pool.close()
             await app.state.pool.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, metrics, *pricing_api.ROUTES, *ledger_api.ROUTES, *generations_api.ROUTES],
         guards=[role_guard],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_logging_middleware],
         lifespan=[lifespan],
         state=_initial_state(
             settings=settings, price_tables=price_tables, catalog=catalog, extra_audit_checks=EXTRA_AUDIT_CHECKS
@@ -117,6 +116,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         logging_config=None,
     )
+    # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged too.
+    app.asgi_handler = request_logging_middleware(app.asgi_handler)
+    return app
 
 
 async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:

@@ -81,7 +81,8 @@ def _bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 
 async def role_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     # The OpenAPI document and its viewer are public; everything else declares its roles.
-    if handler.opt.get("public") or connection.scope["path"].startswith(OPENAPI_PATH_PREFIX):
+    path = connection.scope["path"]
+    if handler.opt.get("public") or path == OPENAPI_PATH_PREFIX or path.startswith(OPENAPI_PATH_PREFIX + "/"):
         return
     token = _bearer_token(connection)
     if token is None:

@@ -75,6 +75,7 @@ def ledger_problem(error: ledger.LedgerRuleError) -> ProblemError:
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
 async def strict_body(request: Request[Any, Any, Any], model: type[T]) -> T:
@@ -88,9 +89,12 @@ async def strict_body(request: Request[Any, Any, Any], model: type[T]) -> T:
     except msgspec.ValidationError as invalid:
         message = str(invalid)
         unknown = _UNKNOWN.search(message)
+        missing = _MISSING.search(message)
         path = _PATH.search(message)
         if unknown:
             raise ValidationFailed(unknown.group(1), "unknown field (not part of this request)") from None
+        if missing:
+            raise ValidationFailed(missing.group(1), "is required") from None
         field = (path.group(1) if path else "") or "body"
         raise ValidationFailed(field, _PATH.sub("", message)) from None
     except msgspec.DecodeError as malformed:

@@ -70,6 +70,10 @@ class DatabaseSettings:
     statement_timeout_ms: int
     connect_timeout_s: float
 
+    def __post_init__(self) -> None:
+        if self.pool_size_min > self.pool_size_max:
+            raise SettingsError("DB_POOL_SIZE_MIN must not exceed DB_POOL_SIZE_MAX")
+
     @classmethod
     def from_env(cls) -> DatabaseSettings:
         return cls(
@@ -120,6 +124,10 @@ class GenerationSettings:
     retry_backoff_cap_s: float
     poll_interval_s: float
     sweep_interval_s: float
+
+    def __post_init__(self) -> None:
+        if self.retry_backoff_base_s > self.retry_backoff_cap_s:
+            raise SettingsError("RETRY_BACKOFF_BASE_S must not exceed RETRY_BACKOFF_CAP_S")
 
     @classmethod
     def from_env(cls) -> GenerationSettings:
