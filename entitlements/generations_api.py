@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from litestar import Request, Response, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import File
 
 from entitlements import generations, tiers
@@ -50,7 +51,9 @@ def _replay(stored: Any) -> Response[Any]:
 
 
 @put("/v1/users/{user_id:str}/subscription", operation_id="setSubscription", opt={"roles": ("admin",)}, tags=["tiers"])
-async def set_subscription(request: Request[Any, Any, Any], user_id: str, data: SubscriptionSet) -> SubscriptionOut:
+async def set_subscription(
+    request: Request[Any, Any, Any], user_id: FromPath[str], data: JSONBody[SubscriptionSet]
+) -> SubscriptionOut:
     data = await strict_body(request, SubscriptionSet)
     check_user_id(user_id)
     await tiers.set_manual_tier(request.app.state.pool, user_id, data.tier)
@@ -63,7 +66,7 @@ async def set_subscription(request: Request[Any, Any, Any], user_id: str, data: 
     opt={"roles": ("service", "support")},
     tags=["tiers"],
 )
-async def get_entitlements(request: Request[Any, Any, Any], user_id: str) -> EntitlementsOut:
+async def get_entitlements(request: Request[Any, Any, Any], user_id: FromPath[str]) -> EntitlementsOut:
     check_user_id(user_id)
     pool = request.app.state.pool
     tier = await tiers.tier_of(pool, user_id)
@@ -88,7 +91,9 @@ async def get_entitlements(request: Request[Any, Any, Any], user_id: str) -> Ent
     tags=["generations"],
     status_code=202,
 )
-async def create_generation(request: Request[Any, Any, Any], user_id: str, data: GenerationCreate) -> Response[Any]:
+async def create_generation(
+    request: Request[Any, Any, Any], user_id: FromPath[str], data: JSONBody[GenerationCreate]
+) -> Response[Any]:
     data = await strict_body(request, GenerationCreate)
     check_user_id(user_id)
     key = idempotency_key(request)
@@ -120,7 +125,7 @@ async def create_generation(request: Request[Any, Any, Any], user_id: str, data:
     opt={"roles": ("service", "support")},
     tags=["generations"],
 )
-async def get_generation(request: Request[Any, Any, Any], generation_id: str) -> GenerationOut:
+async def get_generation(request: Request[Any, Any, Any], generation_id: FromPath[str]) -> GenerationOut:
     row = await generations.fetch(request.app.state.pool, generations.parse_generation_id(generation_id))
     return generations.to_out(row)
 
@@ -133,10 +138,10 @@ async def get_generation(request: Request[Any, Any, Any], generation_id: str) ->
 )
 async def list_generations(
     request: Request[Any, Any, Any],
-    user_id: str,
-    image_id: str | None = None,
-    limit: int | None = None,
-    cursor: str | None = None,
+    user_id: FromPath[str],
+    image_id: FromQuery[str | None] = None,
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
 ) -> GenerationsPage:
     check_user_id(user_id)
     items, next_cursor = await generations.list_for_user(
@@ -152,7 +157,7 @@ async def list_generations(
     tags=["generations"],
     media_type="video/mp4",
 )
-async def get_generation_video(request: Request[Any, Any, Any], generation_id: str) -> File:
+async def get_generation_video(request: Request[Any, Any, Any], generation_id: FromPath[str]) -> File:
     row = await generations.fetch(request.app.state.pool, generations.parse_generation_id(generation_id))
     if row["status"] not in {"succeeded", "refunded"} or row["video_path"] is None:
         raise NotFound(f"generation {generation_id} has no video yet (status {row['status']})")
@@ -169,7 +174,9 @@ async def get_generation_video(request: Request[Any, Any, Any], generation_id: s
     tags=["generations"],
     status_code=201,
 )
-async def refund_generation(request: Request[Any, Any, Any], generation_id: str, data: RefundCreate) -> Response[Any]:
+async def refund_generation(
+    request: Request[Any, Any, Any], generation_id: FromPath[str], data: JSONBody[RefundCreate]
+) -> Response[Any]:
     data = await strict_body(request, RefundCreate)
     key = idempotency_key(request)
     state = request.app.state

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 import ledger
 from entitlements.auth import caller_of
@@ -115,7 +115,9 @@ async def submit_or_problem(request: Request[Any, Any, Any], operation: ledger.A
     tags=["ledger"],
     status_code=201,
 )
-async def create_grant(request: Request[Any, Any, Any], user_id: str, data: GrantCreate) -> GrantOut:
+async def create_grant(
+    request: Request[Any, Any, Any], user_id: FromPath[str], data: JSONBody[GrantCreate]
+) -> GrantOut:
     data = await strict_body(request, GrantCreate)
     check_user_id(user_id)
     key = idempotency_key(request)
@@ -147,7 +149,10 @@ async def create_grant(request: Request[Any, Any, Any], user_id: str, data: Gran
     tags=["ledger"],
 )
 async def get_user_ledger(
-    request: Request[Any, Any, Any], user_id: str, limit: int | None = None, cursor: str | None = None
+    request: Request[Any, Any, Any],
+    user_id: FromPath[str],
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
 ) -> HistoryPage:
     check_user_id(user_id)
     try:
@@ -162,11 +167,11 @@ async def get_user_ledger(
 @get("/v1/ledger/transactions", operation_id="listLedgerTransactions", opt={"roles": ("finance",)}, tags=["ledger"])
 async def list_transactions(
     request: Request[Any, Any, Any],
-    since: datetime | None = None,
-    until: datetime | None = None,
-    kind: Annotated[str | None, Parameter(description="a transaction kind")] = None,
-    limit: int | None = None,
-    cursor: str | None = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+    kind: Annotated[str | None, QueryParameter(description="a transaction kind")] = None,
+    limit: FromQuery[int | None] = None,
+    cursor: FromQuery[str | None] = None,
 ) -> TransactionsPage:
     if kind is not None and kind not in TRANSACTION_KINDS:
         raise ValidationFailed(

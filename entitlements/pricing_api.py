@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, get, post
+from litestar.params import JSONBody
 
 import pricing
 from entitlements.auth import ROLES
@@ -53,7 +54,7 @@ async def get_pricing(request: Request[Any, Any, Any]) -> PricingOut:
 
 
 @post("/v1/quotes", operation_id="createQuote", opt={"roles": ROLES}, tags=["pricing"], status_code=200)
-async def create_quote(request: Request[Any, Any, Any], data: QuoteCreate) -> QuoteOut:
+async def create_quote(request: Request[Any, Any, Any], data: JSONBody[QuoteCreate]) -> QuoteOut:
     data = await strict_body(request, QuoteCreate)
     quote = quote_or_422(
         current_table(request),
