@@ -27,6 +27,7 @@ from entitlements.schemas import (
     IMAGE_ID_PATTERN,
     PROMPT_CHARS_MAX,
     REASON_CHARS_MAX,
+    TEXT_PATTERN,
     Struct,
 )
 from ledger.engine import Connection
@@ -38,7 +39,7 @@ SWEEPER = "system:sweeper"
 
 class GenerationCreate(Struct, frozen=True):
     image_id: Annotated[str, msgspec.Meta(min_length=1, max_length=IMAGE_ID_CHARS_MAX, pattern=IMAGE_ID_PATTERN)]
-    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=PROMPT_CHARS_MAX)]
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=PROMPT_CHARS_MAX, pattern=TEXT_PATTERN)]
     mode: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
     resolution: Annotated[str, msgspec.Meta(min_length=1, max_length=50)] | None = None
     duration_s: int | None = None
@@ -46,7 +47,7 @@ class GenerationCreate(Struct, frozen=True):
 
 
 class RefundCreate(Struct, frozen=True):
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_CHARS_MAX)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_CHARS_MAX, pattern=TEXT_PATTERN)]
     moments: Annotated[int, msgspec.Meta(ge=1, le=ledger.AMOUNT_MOMENTS_MAX)] | None = None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,11 +13,11 @@ from litestar.response import File
 
 from entitlements import generations, tiers
 from entitlements.auth import caller_of
-from entitlements.errors import NotFound, ProblemError
+from entitlements.errors import NotFound, ProblemError, ValidationFailed
 from entitlements.generations import GenerationCreate, GenerationOut, RefundCreate, RefundOut
 from entitlements.http import check_user_id, idempotency_key, page_limit, strict_body
 from entitlements.pricing_api import current_table, quote_or_422
-from entitlements.schemas import Balance, Struct
+from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN, Balance, Struct
 
 
 class SubscriptionSet(Struct, frozen=True):
@@ -144,6 +145,8 @@ async def list_generations(
     cursor: FromQuery[str | None] = None,
 ) -> GenerationsPage:
     check_user_id(user_id)
+    if image_id is not None and not (len(image_id) <= IMAGE_ID_CHARS_MAX and re.match(IMAGE_ID_PATTERN, image_id)):
+        raise ValidationFailed("image_id", f"must be 1-{IMAGE_ID_CHARS_MAX} characters matching {IMAGE_ID_PATTERN}")
     items, next_cursor = await generations.list_for_user(
         request.app.state.pool, user_id, image_id=image_id, limit=page_limit(request, limit), cursor=cursor
     )

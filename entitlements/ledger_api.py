@@ -13,12 +13,12 @@ import ledger
 from entitlements.auth import caller_of
 from entitlements.errors import ProblemError, ValidationFailed
 from entitlements.http import aware, check_user_id, idempotency_key, ledger_problem, page_limit, strict_body
-from entitlements.schemas import REASON_CHARS_MAX, Balance, Struct
+from entitlements.schemas import REASON_CHARS_MAX, TEXT_PATTERN, Balance, Struct
 
 
 class GrantCreate(Struct, frozen=True):
     moments: Annotated[int, msgspec.Meta(ge=1, le=ledger.AMOUNT_MOMENTS_MAX)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_CHARS_MAX)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_CHARS_MAX, pattern=TEXT_PATTERN)]
     category: Literal["paid", "subscription", "promotional"] = "promotional"
     expires_at: datetime | None = None
 

@@ -12,6 +12,8 @@ IMAGE_ID_CHARS_MAX = 200
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._~-]*$"
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 REASON_CHARS_MAX = 1_000
+# PostgreSQL text cannot hold NUL: refuse it at the edge as bad input rather than fail at the write.
+TEXT_PATTERN = r"^[^\x00]*$"
 
 Mode = Literal["advanced", "adult"]
 

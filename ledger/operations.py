@@ -116,6 +116,15 @@ def validate(operation: AnyOperation) -> None:
         raise InvalidOperation("user_id must be 1-200 characters")
     if not 1 <= len(operation.actor) <= IDEMPOTENCY_KEY_CHARS_MAX:
         raise InvalidOperation("actor must be 1-400 characters")
+    for name, text in (
+        ("key", operation.key),
+        ("user_id", operation.user_id),
+        ("actor", operation.actor),
+        ("reason", operation.reason),
+        ("reference", operation.reference),
+    ):
+        if text is not None and "\x00" in text:
+            raise InvalidOperation(f"{name} must not contain NUL characters")
     if operation.reason is not None and len(operation.reason) > REASON_CHARS_MAX:
         raise InvalidOperation(f"reason must be at most {REASON_CHARS_MAX} characters")
     if operation.reference is not None and len(operation.reference) > REFERENCE_CHARS_MAX:

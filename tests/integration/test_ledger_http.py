@@ -174,3 +174,9 @@ async def test_audit_endpoint_and_command_agree_and_see_corruption(api: Api, dat
     assert "FAIL cached_balances_match_postings" in corrupted.stdout
     report = (await api.get("/v1/ledger/audit", "finance")).json()
     assert report["ok"] is False
+
+
+async def test_a_nul_character_in_a_grant_reason_is_422_naming_it(api: Api) -> None:
+    response = await api.post("/v1/users/u1/grants", "support", {"moments": 5, "reason": "a\x00b"}, "nul")
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "reason"
