@@ -16,7 +16,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 import ledger
 import pricing
-from entitlements import generations, generations_api, ledger_api, pricing_api
+from entitlements import generations, generations_api, ledger_api, pricing_api, stripe_api, stripe_service
 from entitlements.auth import role_guard
 from entitlements.dispatcher import Dispatcher, Sweeper
 from entitlements.errors import EXCEPTION_HANDLERS, ProblemError
@@ -30,8 +30,9 @@ from entitlements.settings import Settings
 from generation_client import WorkerClient
 
 READY_TIMEOUT_S = 2.0
-# Invariants beyond the ledger's own that `audit` also checks (the generations' settlement).
-EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = generations.AUDIT_CHECKS
+# Invariants beyond the ledger's own that `audit` also checks (the generations' settlement, and that
+# Stripe events and their ledger transactions match).
+EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *stripe_service.AUDIT_CHECKS)
 log = structlog.get_logger("moments.app")
 
 
@@ -89,18 +90,30 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         )
         await app.state.ledger.start()
+        # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
+        app.state.stripe = stripe_service.make_gateway(settings.stripe)
         background = await _start_background(app, settings)
         try:
             yield
         finally:
             await _stop_background(app, background)
+            if app.state.stripe is not None:
+                await app.state.stripe.aclose()
             await app.state.ledger.close()
             if app.state.read_pool is not app.state.pool:
                 await app.state.read_pool.close()
             await app.state.pool.close()
 
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, *pricing_api.ROUTES, *ledger_api.ROUTES, *generations_api.ROUTES],
+        route_handlers=[
+            healthz,
+            readyz,
+            metrics,
+            *pricing_api.ROUTES,
+            *ledger_api.ROUTES,
+            *generations_api.ROUTES,
+            *stripe_api.ROUTES,
+        ],
         guards=[role_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

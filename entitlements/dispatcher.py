@@ -5,7 +5,8 @@ render them (the generation id is the worker's idempotency key, so a retaken job
 and settles each generation: capture on a delivered video, void on a definitive failure, a render past
 its deadline, or retries spent. If the process dies, the lease lapses and any dispatcher retakes the job.
 
-The sweeper voids generations whose hold expired and expires lots past their expiry.
+The sweeper voids generations whose hold expired, expires lots past their expiry, and retries Stripe events
+stored but not yet applied.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import asyncpg
 import structlog
 
 import ledger
-from entitlements import generations
+from entitlements import generations, stripe_service
 from entitlements.settings import GenerationSettings
 from generation_client import (
     JobNotFound,
@@ -267,4 +268,6 @@ class Sweeper:
         # Every hold today belongs to a generation and is settled above, with its generation; voiding
         # holds here behind the generations' back would leave a generation running on a voided hold.
         lots_users = await self._ledger.expire_due_lots(datetime.now(UTC))
-        return {"generations": expired_generations, "lot_users": lots_users}
+        # Stripe events stored but not applied (a failure, an unknown customer, a refund before its purchase).
+        stripe_events = await stripe_service.reapply_pending_events(self._pool, self._ledger)
+        return {"generations": expired_generations, "lot_users": lots_users, "stripe_events": stripe_events}

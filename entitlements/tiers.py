@@ -1,4 +1,8 @@
-"""Tiers and the video gate. No subscription row means FREE, and the gate fails closed."""
+"""Tiers and the video gate. No subscription row means FREE, and the gate fails closed.
+
+A Stripe subscription canceled at period end keeps its tier until `current_period_end` and is FREE from
+then on, even before Stripe's `customer.subscription.deleted` arrives (or if it never does).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,16 @@ TIERS: tuple[Tier, ...] = ("FREE", "PREMIUM", "ULTIMATE")
 
 
 async def tier_of(connection: Connection, user_id: str) -> str:
-    tier = await connection.fetchval("SELECT tier FROM subscriptions WHERE user_id = $1", user_id)
+    # The database's clock decides when a period has ended, the same clock for every API process.
+    tier = await connection.fetchval(
+        """
+        SELECT CASE WHEN source = 'stripe' AND cancel_at_period_end AND current_period_end <= now()
+                    THEN $2 ELSE tier END
+        FROM subscriptions WHERE user_id = $1
+        """,
+        user_id,
+        pricing.FREE_TIER,
+    )
     return str(tier) if tier is not None else pricing.FREE_TIER
 
 

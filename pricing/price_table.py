@@ -257,15 +257,11 @@ def _cells(file_name: str, grid: ModeGrid, per_second: dict[str, int], price: _P
     for resolution in grid.resolutions:
         for duration_s in grid.durations_s:
             for audio in grid.audio_allowed:
-                label = (
-                    f"{file_name}: {grid.name}/{resolution}/{duration_s}s/audio={'on' if audio else 'off'}"
-                )
+                label = f"{file_name}: {grid.name}/{resolution}/{duration_s}s/audio={'on' if audio else 'off'}"
                 moments = _cell_moments(label, price, per_second, resolution, duration_s, audio)
                 if not 1 <= moments <= CELL_MOMENTS_MAX:
                     raise InvalidPriceTable(f"{label}: {moments} moments is outside 1..{CELL_MOMENTS_MAX}")
-                yield Cell(
-                    mode=grid.name, resolution=resolution, duration_s=duration_s, audio=audio, moments=moments
-                )
+                yield Cell(mode=grid.name, resolution=resolution, duration_s=duration_s, audio=audio, moments=moments)
 
 
 def _cell_moments(

@@ -193,9 +193,7 @@ def test_advanced_requires_duration(table: PriceTable) -> None:
         ({"mode": "adult", "resolution": "720p", "duration_s": 8, "audio": 1}, "audio"),
     ],
 )
-def test_fields_are_checked_in_order(
-    table: PriceTable, request_fields: dict[str, object], field: str
-) -> None:
+def test_fields_are_checked_in_order(table: PriceTable, request_fields: dict[str, object], field: str) -> None:
     assert refused(table, **request_fields).field == field
 
 

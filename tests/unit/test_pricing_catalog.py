@@ -68,12 +68,8 @@ def test_published_tiers(catalog: Catalog) -> None:
 
 def test_published_packs(catalog: Catalog) -> None:
     assert catalog.packs == (
-        Pack(
-            id="pack_1000", moments=1000, stripe_price_id="price_pack_1000", price_cents=999, currency="usd"
-        ),
-        Pack(
-            id="pack_5000", moments=5000, stripe_price_id="price_pack_5000", price_cents=3999, currency="usd"
-        ),
+        Pack(id="pack_1000", moments=1000, stripe_price_id="price_pack_1000", price_cents=999, currency="usd"),
+        Pack(id="pack_5000", moments=5000, stripe_price_id="price_pack_5000", price_cents=3999, currency="usd"),
         Pack(
             id="pack_12000",
             moments=12000,
@@ -140,9 +136,7 @@ def test_refuses_free_with_video(tmp_path: Path) -> None:
 
 
 def test_refuses_free_with_a_price(tmp_path: Path) -> None:
-    message = refusal(
-        tmp_path, edited("price_cents = 0\n", 'price_cents = 500\nstripe_price_id = "price_free"\n')
-    )
+    message = refusal(tmp_path, edited("price_cents = 0\n", 'price_cents = 500\nstripe_price_id = "price_free"\n'))
     assert message == "catalog.toml: tier 'FREE' cannot be bought: it must have no stripe_price_id"
 
 

@@ -60,9 +60,7 @@ def test_the_published_file_is_the_valid_text() -> None:
 
 def test_missing_per_second_price_names_the_cell(tmp_path: Path) -> None:
     message = refusal(tmp_path, edited(', "1080p" = 160 }', " }"))
-    assert (
-        message == "2026-11-01.toml: advanced/1080p/4s/audio=on: no per_second price for resolution '1080p'"
-    )
+    assert message == "2026-11-01.toml: advanced/1080p/4s/audio=on: no per_second price for resolution '1080p'"
 
 
 def test_missing_audio_price_names_the_cell(tmp_path: Path) -> None:
@@ -201,9 +199,7 @@ def test_refuses_a_price_for_a_resolution_the_mode_does_not_offer(tmp_path: Path
 
 
 def test_refuses_both_or_neither_flat_and_per_second(tmp_path: Path) -> None:
-    both = refusal(
-        tmp_path, edited("price = { flat = 600 }", 'price = { flat = 600, per_second = { "720p" = 1 } }')
-    )
+    both = refusal(tmp_path, edited("price = { flat = 600 }", 'price = { flat = 600, per_second = { "720p" = 1 } }'))
     assert both == "2026-11-01.toml: modes.adult: price needs exactly one of `flat` or `per_second`"
     neither = refusal(tmp_path, edited("price = { flat = 600 }", "price = {}"))
     assert neither == both
@@ -215,9 +211,7 @@ def test_refuses_an_audio_price_with_a_flat_price(tmp_path: Path) -> None:
 
 
 def test_refuses_defaults_outside_the_allowed_values(tmp_path: Path) -> None:
-    audio = refusal(
-        tmp_path, edited("allowed = [false], default = false", "allowed = [false], default = true")
-    )
+    audio = refusal(tmp_path, edited("allowed = [false], default = false", "allowed = [false], default = true"))
     assert audio.startswith("2026-11-01.toml: modes.adult: audio default True is not in allowed")
     duration = refusal(tmp_path, edited("min = 4, max = 15", "min = 4, max = 15, default = 16"))
     assert duration.startswith("2026-11-01.toml: modes.advanced: duration_s default 16 is outside 4..15")
