@@ -59,7 +59,8 @@ def aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     # A timestamp without a zone is ambiguous for money; UTC is what every other part of the API speaks.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # Normalised to UTC, so the same instant written in two zones is the same request for idempotency.
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def ledger_problem(error: ledger.LedgerRuleError) -> ProblemError:

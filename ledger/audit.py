@@ -30,6 +30,27 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
         "SELECT sum(amount) AS total FROM ledger_postings HAVING coalesce(sum(amount), 0) <> 0",
     ),
     (
+        "user_accounts_have_balance_rows",
+        "every user account (and so every moment posted to one) belongs to a user's balance row",
+        """
+        SELECT a.id, a.code FROM ledger_accounts a
+        WHERE a.kind <> 'system' AND NOT EXISTS (
+            SELECT 1 FROM ledger_balances b
+            WHERE a.id IN (b.available_account_id, b.held_account_id, b.debt_account_id)
+        )
+        """,
+    ),
+    (
+        "hold_transactions_have_holds",
+        "every hold transaction has its hold, and every settling transaction is some hold's settlement",
+        """
+        SELECT t.id, t.kind FROM ledger_transactions t
+        WHERE (t.kind = 'hold' AND NOT EXISTS (SELECT 1 FROM ledger_holds h WHERE h.hold_transaction_id = t.id))
+           OR (t.kind IN ('capture', 'void')
+               AND NOT EXISTS (SELECT 1 FROM ledger_holds h WHERE h.settle_transaction_id = t.id))
+        """,
+    ),
+    (
         "cached_balances_match_postings",
         "each user's cached available, held and owed equal the sums of their accounts' postings",
         """

@@ -171,7 +171,9 @@ class Engine:
             lot_ids=IdPool(ids["lots"]),
             hold_ids=IdPool(ids["holds"]),
         )
-        first_in_batch: dict[str, tuple[bytes, Outcome]] = {}
+        # Keys this batch has written, as the database would have them: a refusal writes nothing and so
+        # claims nothing, whether or not the retry shares its batch.
+        written_in_batch: dict[str, tuple[bytes, Result]] = {}
         for index in valid:
             operation = operations[index]
             request_hash = operation.request_hash()
@@ -179,21 +181,22 @@ class Engine:
             if row is not None:
                 outcomes[index] = _replay_or_conflict(operation.key, bytes(row["request_hash"]), request_hash, row)
                 continue
-            earlier = first_in_batch.get(operation.key)
+            earlier = written_in_batch.get(operation.key)
             if earlier is not None:
-                earlier_hash, earlier_outcome = earlier
-                if earlier_hash != request_hash:
-                    outcomes[index] = IdempotencyConflict(operation.key)
-                    continue
-                if isinstance(earlier_outcome, Result):
-                    outcomes[index] = msgspec.structs.replace(earlier_outcome, replayed=True)
-                    continue
+                earlier_hash, earlier_result = earlier
+                outcomes[index] = (
+                    msgspec.structs.replace(earlier_result, replayed=True)
+                    if earlier_hash == request_hash
+                    else IdempotencyConflict(operation.key)
+                )
+                continue
             try:
                 outcome: Outcome = run.apply(operation, request_hash)
             except LedgerRuleError as refused:
                 outcome = refused
             outcomes[index] = outcome
-            first_in_batch.setdefault(operation.key, (request_hash, outcome))
+            if isinstance(outcome, Result) and outcome.transaction_id is not None:
+                written_in_batch[operation.key] = (request_hash, outcome)
         await run.write(connection)
 
 
