@@ -8,6 +8,7 @@ serialises the dispatcher, the sweeper and support, so each generation settles e
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -269,73 +270,75 @@ async def settle_success(
     pool: asyncpg.Pool, ledger_service: ledger.Ledger, generation_id: uuid.UUID, video_path: Path, video_bytes: int
 ) -> bool:
     """Captures the hold and marks the generation succeeded, once; False if it had already settled."""
-    async with pool.acquire() as connection, connection.transaction():
-        row = await fetch(connection, generation_id, lock=True)
-        if row["status"] not in {"queued", "running"}:
-            await finish_job(connection, generation_id)
-            return False
-        (outcome,) = await ledger_service.execute_in(
-            connection,
-            [
-                ledger.Capture(
-                    key=f"generation:{generation_id}:capture",
-                    user_id=row["user_id"],
-                    actor=SETTLER,
-                    reason="video delivered",
-                    reference=f"generation:{generation_id}",
-                    hold_id=row["hold_id"],
-                )
-            ],
-        )
-        if isinstance(outcome, ledger.LedgerRuleError):
-            # The hold is no longer open although the generation is unsettled: never charge, never deliver.
-            log.error("capture_refused", generation_id=str(generation_id), error=str(outcome))
-            raise outcome
-        await connection.execute(
-            "UPDATE generations SET status = 'succeeded', video_path = $2, video_bytes = $3, updated_at = now() "
-            "WHERE id = $1",
-            generation_id,
-            str(video_path),
-            video_bytes,
-        )
-        await finish_job(connection, generation_id)
-    log.info("generation_succeeded", generation_id=str(generation_id), moments=row["moments"])
-    return True
+    settled = await _settle(
+        pool,
+        ledger_service,
+        generation_id,
+        lambda row: ledger.Capture(
+            key=f"generation:{generation_id}:capture",
+            user_id=row["user_id"],
+            actor=SETTLER,
+            reason="video delivered",
+            reference=f"generation:{generation_id}",
+            hold_id=row["hold_id"],
+        ),
+        "UPDATE generations SET status = 'succeeded', video_path = $2, video_bytes = $3, updated_at = now() "
+        "WHERE id = $1",
+        str(video_path),
+        video_bytes,
+    )
+    if settled:
+        log.info("generation_succeeded", generation_id=str(generation_id))
+    return settled
 
 
 async def settle_failure(
     pool: asyncpg.Pool, ledger_service: ledger.Ledger, generation_id: uuid.UUID, error: str, *, expired: bool = False
 ) -> bool:
     """Voids the hold (the user gets every moment back) and marks the generation failed, once."""
+    settled = await _settle(
+        pool,
+        ledger_service,
+        generation_id,
+        lambda row: ledger.Void(
+            key=f"generation:{generation_id}:void",
+            user_id=row["user_id"],
+            actor=SWEEPER if expired else SETTLER,
+            reason=error[:500],
+            reference=f"generation:{generation_id}",
+            hold_id=row["hold_id"],
+            expired=expired,
+        ),
+        "UPDATE generations SET status = 'failed', error = $2, updated_at = now() WHERE id = $1",
+        error[:1000],
+    )
+    if settled:
+        log.info("generation_failed", generation_id=str(generation_id), error=error[:200])
+    return settled
+
+
+async def _settle(
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    generation_id: uuid.UUID,
+    settle_hold: Callable[[asyncpg.Record], ledger.Capture | ledger.Void],
+    update_generation: str,
+    *update_arguments: Any,
+) -> bool:
+    """One transaction under the generation's row lock: the hold's capture or void, the generation's final
+    status and the job's end, or nothing at all if another settler got there first."""
     async with pool.acquire() as connection, connection.transaction():
         row = await fetch(connection, generation_id, lock=True)
         if row["status"] not in {"queued", "running"}:
             await finish_job(connection, generation_id)
             return False
-        (outcome,) = await ledger_service.execute_in(
-            connection,
-            [
-                ledger.Void(
-                    key=f"generation:{generation_id}:void",
-                    user_id=row["user_id"],
-                    actor=SWEEPER if expired else SETTLER,
-                    reason=error[:500],
-                    reference=f"generation:{generation_id}",
-                    hold_id=row["hold_id"],
-                    expired=expired,
-                )
-            ],
-        )
+        (outcome,) = await ledger_service.execute_in(connection, [settle_hold(row)])
         if isinstance(outcome, ledger.LedgerRuleError):
-            log.error("void_refused", generation_id=str(generation_id), error=str(outcome))
+            # The hold is no longer open although the generation is unsettled: settle nothing, roll back.
+            log.error("settlement_refused", generation_id=str(generation_id), error=str(outcome))
             raise outcome
-        await connection.execute(
-            "UPDATE generations SET status = 'failed', error = $2, updated_at = now() WHERE id = $1",
-            generation_id,
-            error[:1000],
-        )
+        await connection.execute(update_generation, generation_id, *update_arguments)
         await finish_job(connection, generation_id)
-    log.info("generation_failed", generation_id=str(generation_id), error=error[:200])
     return True
 
 

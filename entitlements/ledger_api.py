@@ -28,54 +28,15 @@ class GrantOut(Struct, frozen=True):
     balance: Balance
 
 
-class HistoryEntry(Struct, frozen=True):
-    transaction_id: int
-    kind: str
-    delta_available: int
-    delta_held: int
-    delta_owed: int
-    reference: str | None
-    reason: str | None
-    actor: str
-    created_at: datetime
-
-
 class HistoryPage(Struct, frozen=True):
-    items: list[HistoryEntry]
+    # The ledger's own item types are the response: one definition of each field, not two.
+    items: list[ledger.HistoryItem]
     next_cursor: str | None
-
-
-class PostingOut(Struct, frozen=True):
-    account: str
-    amount: int
-
-
-class TransactionOut(Struct, frozen=True):
-    transaction_id: int
-    kind: str
-    user_id: str
-    postings: list[PostingOut]
-    reference: str | None
-    reverses_transaction_id: int | None
-    actor: str
-    reason: str | None
-    created_at: datetime
 
 
 class TransactionsPage(Struct, frozen=True):
-    items: list[TransactionOut]
+    items: list[ledger.TransactionItem]
     next_cursor: str | None
-
-
-class CheckOut(Struct, frozen=True):
-    name: str
-    ok: bool
-    detail: str
-
-
-class AuditOut(Struct, frozen=True):
-    ok: bool
-    checks: list[CheckOut]
 
 
 TRANSACTION_KINDS = (
@@ -159,9 +120,7 @@ async def get_user_ledger(
         page = await ledger_of(request).history(user_id, limit=page_limit(request, limit), cursor=cursor)
     except ledger.InvalidCursor as invalid:
         raise ValidationFailed("cursor", str(invalid)) from None
-    return HistoryPage(
-        items=[HistoryEntry(**msgspec.structs.asdict(item)) for item in page.items], next_cursor=page.next_cursor
-    )
+    return HistoryPage(items=page.items, next_cursor=page.next_cursor)
 
 
 @get("/v1/ledger/transactions", operation_id="listLedgerTransactions", opt={"roles": ("finance",)}, tags=["ledger"])
@@ -191,29 +150,12 @@ async def list_transactions(
         )
     except ledger.InvalidCursor as invalid:
         raise ValidationFailed("cursor", str(invalid)) from None
-    return TransactionsPage(
-        items=[
-            TransactionOut(
-                transaction_id=item.transaction_id,
-                kind=item.kind,
-                user_id=item.user_id,
-                postings=[PostingOut(account=p.account, amount=p.amount) for p in item.postings],
-                reference=item.reference,
-                reverses_transaction_id=item.reverses_transaction_id,
-                actor=item.actor,
-                reason=item.reason,
-                created_at=item.created_at,
-            )
-            for item in page.items
-        ],
-        next_cursor=page.next_cursor,
-    )
+    return TransactionsPage(items=page.items, next_cursor=page.next_cursor)
 
 
 @get("/v1/ledger/audit", operation_id="auditLedger", opt={"roles": ("finance",)}, tags=["ledger"])
-async def audit_ledger(request: Request[Any, Any, Any]) -> AuditOut:
-    report = await ledger_of(request).audit(request.app.state.extra_audit_checks)
-    return AuditOut(ok=report.ok, checks=[CheckOut(name=c.name, ok=c.ok, detail=c.detail) for c in report.checks])
+async def audit_ledger(request: Request[Any, Any, Any]) -> ledger.AuditReport:
+    return await ledger_of(request).audit(request.app.state.extra_audit_checks)
 
 
 ROUTES = [create_grant, get_user_ledger, list_transactions, audit_ledger]
