@@ -109,4 +109,8 @@ class Batcher:
 
     async def _execute(self, operations: list[AnyOperation]) -> list[Outcome]:
         async with self._pool.acquire() as connection, connection.transaction():
+            # A batch reaches every row by key and its pages are cached: priced at the default
+            # random_page_cost, index probes lose to sequential scans, and the generic plan asyncpg caches
+            # then scans whole tables on every batch as the ledger grows.
+            await connection.execute("SET LOCAL random_page_cost = 1.1")
             return await self._engine.execute(connection, operations)

@@ -437,3 +437,34 @@ async def test_the_audit_notices_moments_whose_user_rows_are_gone(led: L.Ledger,
     assert "user:u1:available" in next(
         check.detail for check in report.checks if check.name == "user_accounts_have_balance_rows"
     )
+
+
+# --- the set-based stand-ins for the postings' foreign keys (migration 0006) ------------------------------
+
+
+async def test_a_posting_to_an_account_that_does_not_exist_is_refused(led: L.Ledger, conn: Any) -> None:
+    await credited(led)
+    promotions = await account_id(conn, "system:promotions")
+    before = await ledger_counts(conn)
+    with pytest.raises(asyncpg.exceptions.ForeignKeyViolationError, match="account 999999 which does not exist"):  # noqa: PT012 - the refusal comes at the second statement of the transaction
+        async with conn.transaction():
+            transaction_id = await insert_transaction(conn)
+            await conn.execute(
+                "INSERT INTO ledger_postings (transaction_id, account_id, amount) VALUES ($1, $2, -5), ($1, 999999, 5)",
+                transaction_id,
+                promotions,
+            )
+    assert await ledger_counts(conn) == before
+    await assert_audit_ok(led)
+
+
+async def test_a_posting_for_a_transaction_that_does_not_exist_is_refused(led: L.Ledger, conn: Any) -> None:
+    await credited(led)
+    promotions = await account_id(conn, "system:promotions")
+    expired = await account_id(conn, "system:expired")
+    before = await ledger_counts(conn)
+    with pytest.raises(asyncpg.exceptions.ForeignKeyViolationError, match="transaction 888888 which does not exist"):
+        async with conn.transaction():
+            await insert_postings(conn, 888_888, (promotions, -5), (expired, 5))
+    assert await ledger_counts(conn) == before
+    await assert_audit_ok(led)
