@@ -8,6 +8,7 @@ from typing import Any, Literal
 import stripe
 import structlog
 from litestar import Request, Response, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
 
 import pricing
 from entitlements import stripe_service
@@ -102,7 +103,7 @@ def _pack_or_tier(catalog: pricing.Catalog, body: CheckoutCreate) -> tuple[prici
     status_code=201,
 )
 async def create_checkout_session(
-    request: Request[Any, Any, Any], user_id: str, data: CheckoutCreate
+    request: Request[Any, Any, Any], user_id: FromPath[str], data: JSONBody[CheckoutCreate]
 ) -> Response[CheckoutOut]:
     data = await strict_body(request, CheckoutCreate)
     check_user_id(user_id)
@@ -128,7 +129,7 @@ async def create_checkout_session(
 
 @get("/v1/reconciliation/stripe", operation_id="reconcileStripe", opt={"roles": ("finance",)}, tags=["stripe"])
 async def reconcile_stripe(
-    request: Request[Any, Any, Any], since: datetime | None = None, until: datetime | None = None
+    request: Request[Any, Any, Any], since: FromQuery[datetime | None] = None, until: FromQuery[datetime | None] = None
 ) -> ReconciliationOut:
     since, until = aware(since), aware(until)
     if since is not None and until is not None and since > until:
