@@ -220,7 +220,6 @@ class _Run:
     transactions: list[tuple[Any, ...]] = field(default_factory=list)
     postings: list[tuple[int, int, int]] = field(default_factory=list)
     lot_sources: dict[int, int] = field(default_factory=dict)
-    lot_owners: dict[int, str] = field(default_factory=dict)
 
     def apply(self, operation: AnyOperation, request_hash: bytes) -> Result:
         user = self.users[operation.user_id]
@@ -307,7 +306,6 @@ class _Run:
                 record.settle_transaction_id, record.settled_at = transaction_id, self.now
         for lot_id in lot_ids:
             self.lot_sources[lot_id] = transaction_id
-            self.lot_owners[lot_id] = user.state.user_id
         return result
 
     def _hold_of(self, hold_id: int, user_id: str) -> _HoldRecord:

@@ -14,7 +14,7 @@ import msgspec
 from ledger.audit import AuditReport, ExtraCheck, audit
 from ledger.batcher import Batcher, BatchSettings
 from ledger.engine import Connection, Engine, Outcome
-from ledger.operations import AnyOperation, ExpireLots, Result, Void
+from ledger.operations import AnyOperation, ExpireLots, Result
 from ledger.rules import LedgerRuleError
 
 PAGE_SIZE_MAX = 1000
@@ -226,47 +226,23 @@ class Ledger:
             return await audit(connection, extra_checks)
 
     async def expire_due_lots(self, now: datetime, *, users_max: int = SWEEP_BATCH_MAX) -> int:
-        """The sweeper's lot expiry: one expiry transaction per user with lots past their expiry."""
-        rows = await self.pool.fetch(
-            "SELECT DISTINCT user_id FROM ledger_lots WHERE remaining > 0 AND expires_at <= $1 LIMIT $2",
-            now,
-            users_max,
-        )
-        expired = 0
-        for row in rows:
-            digest_key = f"sweep-expiry:{row['user_id']}:{now.isoformat()}"
-            result = await self.outcome(
+        """The sweeper's lot expiry, as of `now`: one expiry transaction per user with lots past their expiry.
+        Returns how many users had lots expired."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                "SELECT DISTINCT user_id FROM ledger_lots WHERE remaining > 0 AND expires_at <= $1 "
+                "ORDER BY user_id LIMIT $2",
+                now,
+                users_max,
+            )
+            operations = [
                 ExpireLots(
-                    key=digest_key,
+                    key=f"sweep-expiry:{row['user_id']}:{now.isoformat()}",
                     user_id=row["user_id"],
                     actor="system:sweeper",
                     reason="lots past their expiry",
                 )
-            )
-            if isinstance(result, Result) and result.transaction_id is not None:
-                expired += 1
-        return expired
-
-    async def void_expired_holds(self, now: datetime, *, holds_max: int = SWEEP_BATCH_MAX) -> list[Outcome]:
-        """The sweeper's hold expiry: every open hold past `expires_at` is voided as expired."""
-        rows = await self.pool.fetch(
-            "SELECT id, user_id FROM ledger_holds WHERE status = 'open' AND expires_at <= $1 "
-            "ORDER BY expires_at LIMIT $2",
-            now,
-            holds_max,
-        )
-        operations = [
-            Void(
-                key=f"hold-expiry:{row['id']}",
-                user_id=row["user_id"],
-                hold_id=row["id"],
-                expired=True,
-                actor="system:sweeper",
-                reason="hold expired",
-            )
-            for row in rows
-        ]
-        outcomes = []
-        for operation in operations:
-            outcomes.append(await self.outcome(operation))
-        return outcomes
+                for row in rows
+            ]
+            outcomes = await self.engine.execute(connection, operations, now=now) if operations else []
+        return sum(1 for outcome in outcomes if isinstance(outcome, Result) and outcome.transaction_id is not None)
