@@ -33,6 +33,7 @@ import asyncpg
 import msgspec
 import stripe
 import structlog
+from stripe.params.checkout import SessionCreateParams
 
 import ledger
 import pricing
@@ -1139,34 +1140,22 @@ async def create_checkout_session(
             options: stripe.RequestOptions = {
                 "idempotency_key": stripe_idempotency_key("checkout", str(caller.key_id), user_id, key)
             }
+            params: SessionCreateParams = {
+                "customer": customer_id,
+                "client_reference_id": user_id,
+                "line_items": [{"price": price_id, "quantity": 1}],
+                "metadata": metadata,
+                "success_url": settings.success_url,
+                "cancel_url": settings.cancel_url,
+            }
+            # The metadata rides along on what the session creates, so later events name the user too.
             if pack is not None:
-                session = await gateway.client.v1.checkout.sessions.create_async(
-                    {
-                        "mode": "payment",
-                        "customer": customer_id,
-                        "client_reference_id": user_id,
-                        "line_items": [{"price": price_id, "quantity": 1}],
-                        "metadata": metadata,
-                        "payment_intent_data": {"metadata": metadata},
-                        "success_url": settings.success_url,
-                        "cancel_url": settings.cancel_url,
-                    },
-                    options,
-                )
+                params["mode"] = "payment"
+                params["payment_intent_data"] = {"metadata": metadata}
             else:
-                session = await gateway.client.v1.checkout.sessions.create_async(
-                    {
-                        "mode": "subscription",
-                        "customer": customer_id,
-                        "client_reference_id": user_id,
-                        "line_items": [{"price": price_id, "quantity": 1}],
-                        "metadata": metadata,
-                        "subscription_data": {"metadata": metadata},
-                        "success_url": settings.success_url,
-                        "cancel_url": settings.cancel_url,
-                    },
-                    options,
-                )
+                params["mode"] = "subscription"
+                params["subscription_data"] = {"metadata": metadata}
+            session = await gateway.client.v1.checkout.sessions.create_async(params, options)
         except stripe.StripeError as error:
             log.warning("stripe_call_failed", error_type=type(error).__name__, user_id=user_id)
             raise _stripe_problem(error) from None
