@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import structlog
 from litestar import Litestar, MediaType, Request, Response, get
+from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
@@ -117,8 +118,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         guards=[role_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        state=_initial_state(
-            settings=settings, price_tables=price_tables, catalog=catalog, extra_audit_checks=EXTRA_AUDIT_CHECKS
+        state=State(
+            dict(settings=settings, price_tables=price_tables, catalog=catalog, extra_audit_checks=EXTRA_AUDIT_CHECKS)
         ),
         request_max_body_size=settings.api.request_body_bytes_max,
         openapi_config=OpenAPIConfig(
@@ -164,12 +165,6 @@ async def _stop_background(app: Litestar, tasks: list[asyncio.Task[None]]) -> No
         await app.state.dispatcher.close()
     if app.state.worker_client is not None:
         await app.state.worker_client.aclose()
-
-
-def _initial_state(**values: Any) -> Any:
-    from litestar.datastructures import State
-
-    return State(values)
 
 
 def create_app_from_env() -> Litestar:

@@ -7,6 +7,8 @@ serialises the dispatcher, the sweeper and support, so each generation settles e
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,7 +23,7 @@ import ledger
 import pricing
 from entitlements import idempotency, tiers
 from entitlements.auth import Caller
-from entitlements.errors import NotFound, ProblemError
+from entitlements.errors import NotFound, ProblemError, ValidationFailed
 from entitlements.http import ledger_problem
 from entitlements.schemas import (
     IMAGE_ID_CHARS_MAX,
@@ -242,18 +244,11 @@ async def list_for_user(
 
 
 def encode_cursor(created_at: datetime, generation_id: uuid.UUID) -> str:
-    import base64
-
     text = f"g1|{created_at.isoformat()}|{generation_id}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    import base64
-    import binascii
-
-    from entitlements.errors import ValidationFailed
-
     if cursor is None:
         return None
     try:
@@ -426,7 +421,3 @@ AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (
         """,
     ),
 )
-
-
-def json_body(value: Any) -> bytes:
-    return _encoder.encode(value)

@@ -14,7 +14,7 @@ from litestar.response import File
 from entitlements import generations, tiers
 from entitlements.auth import caller_of
 from entitlements.errors import NotFound, ProblemError, ValidationFailed
-from entitlements.generations import GenerationCreate, GenerationOut, RefundCreate, RefundOut
+from entitlements.generations import GenerationCreate, GenerationOut, RefundCreate
 from entitlements.http import check_user_id, idempotency_key, page_limit, strict_body
 from entitlements.pricing_api import current_table, quote_or_422
 from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN, Balance, Struct
@@ -203,4 +203,3 @@ ROUTES = [
     get_generation_video,
     refund_generation,
 ]
-__all__ = ["ROUTES", "RefundOut"]
