@@ -468,3 +468,133 @@ async def test_a_posting_for_a_transaction_that_does_not_exist_is_refused(led: L
             await insert_postings(conn, 888_888, (promotions, -5), (expired, 5))
     assert await ledger_counts(conn) == before
     await assert_audit_ok(led)
+
+
+# --- the set-based stand-ins for the state tables' foreign keys (migration 0007) --------------------------
+
+
+def foreign_key_violation(match: str) -> Any:
+    return pytest.raises(asyncpg.exceptions.ForeignKeyViolationError, match=match)
+
+
+@pytest.mark.parametrize(
+    ("user_id", "source", "refusal"),
+    [
+        ("nobody", "credit", "names a user with no balance row"),
+        ("u1", "missing", "names a source transaction which does not exist"),
+        ("u2", "credit", "names a source transaction of another user"),
+    ],
+)
+async def test_a_lot_must_name_its_user_and_source_transaction(
+    led: L.Ledger, conn: Any, user_id: str, source: str, refusal: str
+) -> None:
+    credit = await credited(led)
+    await credited(led, "u2")
+    source_id = credit.transaction_id if source == "credit" else 777_777
+    before = await conn.fetchval("SELECT count(*) FROM ledger_lots")
+    with foreign_key_violation(refusal):
+        await conn.execute(
+            "INSERT INTO ledger_lots (user_id, category, amount, remaining, source_transaction_id) "
+            "VALUES ($1, 'promotional', 5, 5, $2)",
+            user_id,
+            source_id,
+        )
+    assert await conn.fetchval("SELECT count(*) FROM ledger_lots") == before
+    # An update is checked too.
+    (lot_id,) = credit.lot_ids
+    with foreign_key_violation("names a user with no balance row"):
+        await conn.execute("UPDATE ledger_lots SET user_id = 'nobody' WHERE id = $1", lot_id)
+    await assert_audit_ok(led)
+
+
+async def test_a_hold_must_name_its_user_and_transactions(led: L.Ledger, conn: Any) -> None:
+    credit = await credited(led)
+    hold = await led.submit(
+        L.Hold(key="h", user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
+    )
+    insert = (
+        "INSERT INTO ledger_holds (user_id, amount, status, expires_at, hold_transaction_id) "
+        "VALUES ($1, 10, 'open', now(), $2)"
+    )
+    with foreign_key_violation("names a user with no balance row"):
+        await conn.execute(insert, "nobody", credit.transaction_id)
+    with foreign_key_violation("names a hold transaction which does not exist"):
+        await conn.execute(insert, "u1", 777_777)
+    with foreign_key_violation("names a settle transaction which does not exist"):
+        await conn.execute(
+            "UPDATE ledger_holds SET status = 'voided', settle_transaction_id = 777777, settled_at = now() "
+            "WHERE id = $1",
+            hold.hold_id,
+        )
+    assert await conn.fetchval("SELECT status FROM ledger_holds WHERE id = $1", hold.hold_id) == "open"
+    await assert_audit_ok(led)
+
+
+async def test_a_share_must_name_its_hold_and_a_lot_of_the_same_user(led: L.Ledger, conn: Any) -> None:
+    credit = await credited(led)
+    other = await credited(led, "u2")
+    hold = await led.submit(
+        L.Hold(key="h", user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
+    )
+    insert = "INSERT INTO ledger_hold_lots (hold_id, lot_id, draw_order, drawn) VALUES ($1, $2, 1, 1)"
+    with foreign_key_violation("names a hold which does not exist"):
+        await conn.execute(insert, 777_777, credit.lot_ids[0])
+    with foreign_key_violation("names a lot which does not exist"):
+        await conn.execute(insert, hold.hold_id, 777_777)
+    with foreign_key_violation("names a lot of another user"):
+        await conn.execute(insert, hold.hold_id, other.lot_ids[0])
+    with foreign_key_violation("names a lot of another user"):
+        await conn.execute("UPDATE ledger_hold_lots SET lot_id = $2 WHERE hold_id = $1", hold.hold_id, other.lot_ids[0])
+    await assert_audit_ok(led)
+
+
+# --- one balance check per database transaction covers all its ledger transactions (migration 0007) ------
+
+
+async def test_an_unbalanced_transaction_after_a_balanced_one_is_refused(led: L.Ledger, conn: Any) -> None:
+    await credited(led)
+    promotions = await account_id(conn, "system:promotions")
+    available = await account_id(conn, "user:u1:available")
+    before = await ledger_counts(conn)
+    with check_violation("unbalanced: 2 postings summing to 1"):
+        async with conn.transaction():
+            balanced = await insert_transaction(conn)
+            await insert_postings(conn, balanced, (promotions, -5), (available, 5))
+            unbalanced = await insert_transaction(conn)
+            await insert_postings(conn, unbalanced, (promotions, -5), (available, 6))
+    assert await ledger_counts(conn) == before
+
+
+async def insert_transaction_in_a_rolled_back_savepoint(conn: Any) -> None:
+    savepoint = conn.transaction()
+    await savepoint.start()
+    await insert_transaction(conn)
+    await savepoint.rollback()
+
+
+async def test_the_balance_check_survives_a_rolled_back_savepoint(led: L.Ledger, conn: Any) -> None:
+    """The first ledger transaction queues the check; if its savepoint rolls back, the check goes with it
+    and the next ledger transaction must queue it again."""
+    await credited(led)
+    promotions = await account_id(conn, "system:promotions")
+    available = await account_id(conn, "user:u1:available")
+    before = await ledger_counts(conn)
+    with check_violation("unbalanced: 1 postings summing to 5"):
+        async with conn.transaction():
+            await insert_transaction_in_a_rolled_back_savepoint(conn)
+            unbalanced = await insert_transaction(conn)
+            await insert_postings(conn, unbalanced, (available, 5))
+    assert await ledger_counts(conn) == before
+    await assert_audit_ok(led)
+    # And a balanced one after a rolled-back savepoint commits.
+    async with conn.transaction():
+        await insert_transaction_in_a_rolled_back_savepoint(conn)
+        balanced = await insert_transaction(conn)
+        await insert_postings(conn, balanced, (promotions, -5), (available, 5))
+        await conn.execute(
+            "INSERT INTO ledger_lots (user_id, category, amount, remaining, source_transaction_id) "
+            "VALUES ('u1', 'promotional', 5, 5, $1)",
+            balanced,
+        )
+        await conn.execute("UPDATE ledger_balances SET available = available + 5 WHERE user_id = 'u1'")
+    await assert_audit_ok(led)
