@@ -2,7 +2,9 @@
 
 A hot user's operations cannot beat one row update per commit unless they share commits, so callers
 queue their operations and a few committer tasks each take everything queued (up to a bound), execute
-it as one batch and commit once. Every caller gets its own result or error, and only after the commit
+it as one batch and commit once. Users are sharded over the committers: batches in flight at once never
+share a user, so they never wait for each other's row locks, and one committer's Python runs while
+another's statements run in PostgreSQL. Every caller gets its own result or error, and only after the commit
 that holds its operation. A batch that fails as a whole (a lost race on an idempotency key, a deadlock
 with another process) is retried; if it keeps failing, each operation runs alone so that one bad
 operation never fails the others.
@@ -40,16 +42,17 @@ class Batcher:
         self._pool = pool
         self._engine = engine
         self._settings = settings or BatchSettings()
-        self._queue: asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]] = asyncio.Queue(
-            self._settings.queue_size_max
-        )
+        queue_size_max = max(1, self._settings.queue_size_max // self._settings.committers)
+        self._queues: list[asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]]] = [
+            asyncio.Queue(queue_size_max) for _ in range(self._settings.committers)
+        ]
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         if not self._tasks:
             self._tasks = [
-                asyncio.create_task(self._commit_loop(), name=f"ledger-committer-{number}")
-                for number in range(self._settings.committers)
+                asyncio.create_task(self._commit_loop(queue), name=f"ledger-committer-{number}")
+                for number, queue in enumerate(self._queues)
             ]
 
     async def close(self) -> None:
@@ -59,23 +62,26 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            if not future.done():
-                future.set_exception(LedgerUnavailable("the ledger is shutting down"))
+        for queue in self._queues:
+            while not queue.empty():
+                _, future = queue.get_nowait()
+                if not future.done():
+                    future.set_exception(LedgerUnavailable("the ledger is shutting down"))
 
     async def submit(self, operation: AnyOperation) -> Outcome:
         assert self._tasks, "Batcher.start() first"
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put((operation, future))
+        # str hashes are stable within a process, which is all the sharding needs.
+        queue = self._queues[hash(operation.user_id) % len(self._queues)]
+        await queue.put((operation, future))
         return await future
 
-    async def _commit_loop(self) -> None:
+    async def _commit_loop(self, queue: asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
         while True:
-            first = await self._queue.get()
+            first = await queue.get()
             batch = [first]
-            while len(batch) < self._settings.batch_size_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            while len(batch) < self._settings.batch_size_max and not queue.empty():
+                batch.append(queue.get_nowait())
             try:
                 await self._run(batch)
             except Exception as error:  # the loop must survive anything; callers get the error

@@ -153,13 +153,18 @@ SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS
 DECLARE
     bad record;
 BEGIN
+    -- Materialized first: given ORDER BY id LIMIT 1 over the whole table, the planner walks the primary
+    -- key from the start hoping for an early match, reading every ledger transaction ever written.
+    WITH written AS MATERIALIZED (
+        SELECT id FROM ledger_transactions WHERE written_by_xid = pg_current_xact_id()
+    )
     SELECT t.id, coalesce(s.legs, 0) AS legs, coalesce(s.total, 0) AS total
         INTO bad
-        FROM ledger_transactions t
+        FROM written t
         LEFT JOIN LATERAL (
             SELECT count(*) AS legs, sum(p.amount) AS total FROM ledger_postings p WHERE p.transaction_id = t.id
         ) s ON true
-        WHERE t.written_by_xid = pg_current_xact_id() AND (coalesce(s.legs, 0) < 2 OR s.total <> 0)
+        WHERE coalesce(s.legs, 0) < 2 OR s.total <> 0
         ORDER BY t.id
         LIMIT 1;
     IF FOUND THEN

@@ -5,6 +5,7 @@ Read from /proc and getrusage at the edges of a measured window; cheap enough to
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import time
@@ -118,3 +119,28 @@ def usage(start: CpuSample, end: CpuSample) -> CpuUsage:
 def peak_rss_mib() -> float:
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _spin(iterations: int) -> float:
+    started = time.perf_counter()
+    total = 0
+    for number in range(iterations):
+        total += number
+    return time.perf_counter() - started
+
+
+def parallel_speedup(alone_s: float = 0.5) -> float:
+    """How much more work the machine does with all its CPUs busy than with one: the same CPU-bound loop
+    once alone, then in one process per CPU at once. A machine whose CPUs share one physical core's
+    throughput shows about 1.0 whatever it reports as its CPU count, and then no overlap of Python with
+    PostgreSQL can raise a figure: only less work per operation can."""
+    cpus = os.cpu_count() or 1
+    iterations = 1_000_000
+    while (taken_s := _spin(iterations)) < alone_s / 4:
+        iterations *= 2
+    iterations = int(iterations * alone_s / taken_s)
+    alone_taken_s = _spin(iterations)
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(cpus) as pool:
+        pool.map(_spin, [iterations] * cpus)
+    return cpus * alone_taken_s / (time.perf_counter() - started)

@@ -233,6 +233,8 @@ def run(options: argparse.Namespace) -> Report:
     )
     figures = options.only or ["a", "b", "pg"]
     began = time.perf_counter()
+    progress("measuring how much the CPUs add up to (a CPU-bound loop alone, then on every CPU at once)")
+    report.machine["parallel_speedup"] = round(cpu.parallel_speedup(), 2)
     work_dir = Path(tempfile.mkdtemp(prefix="moments-bench-"))
     server = EmbeddedPostgres(work_dir / "pg", ServerOptions(durable=not options.fast, max_connections=100))
     tpcb: list[PgbenchResult] = []
@@ -297,6 +299,8 @@ def render(report: Report) -> str:
         "Moments ledger benchmark",
         f"  machine   : {report.machine['nproc']} CPUs ({report.machine['cpu']}), Python {report.machine['python']}, "
         f"PostgreSQL {report.machine.get('postgres', '?')} (embedded, one server)",
+        f"  CPUs      : all {report.machine['nproc']} busy do {report.machine['parallel_speedup']}x the work of one "
+        "(CPU-bound processes, measured before the run)",
         f"  durability: {'fsync OFF (--fast): not the honest figure' if options['fast'] else 'durable (fsync on)'}",
         f"  durations : {options['warmup_s']:g} s warm-up + {options['duration_s']} s measured per ledger figure, "
         f"{options['duration_s']} s per pgbench figure, {options['repeat']} round(s) (medians shown); "
