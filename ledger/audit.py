@@ -106,15 +106,18 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
         "holds_drawn_from_lots",
         "each hold drew exactly its amount from lots, and its shares account for what was captured and refunded",
         """
-        SELECT h.id, h.amount, sum(s.drawn) AS drawn, h.captured, h.refunded,
-               sum(s.drawn - s.returned) AS kept, sum(s.refunded) AS shares_refunded
-        FROM ledger_holds h JOIN ledger_hold_lots s ON s.hold_id = h.id
-        GROUP BY h.id
-        HAVING sum(s.drawn) <> h.amount
-            OR (h.status = 'captured' AND sum(s.drawn - s.returned) <> h.captured)
-            OR (h.status IN ('voided', 'expired') AND sum(s.returned) <> h.amount)
-            OR (h.status = 'open' AND sum(s.returned) <> 0)
-            OR sum(s.refunded) <> h.refunded
+        SELECT h.id, h.amount, s.drawn, h.captured, h.refunded, s.drawn - s.returned AS kept,
+               s.refunded AS shares_refunded
+        FROM ledger_holds h
+        CROSS JOIN LATERAL (
+            SELECT sum(drawn) AS drawn, sum(returned) AS returned, sum(refunded) AS refunded
+            FROM unnest(h.share_drawn, h.share_returned, h.share_refunded) AS share (drawn, returned, refunded)
+        ) AS s
+        WHERE s.drawn IS DISTINCT FROM h.amount
+            OR (h.status = 'captured' AND s.drawn - s.returned <> h.captured)
+            OR (h.status IN ('voided', 'expired') AND s.returned <> h.amount)
+            OR (h.status = 'open' AND s.returned <> 0)
+            OR s.refunded <> h.refunded
         """,
     ),
     (

@@ -10,7 +10,7 @@ nothing. Only this module writes balances.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -439,11 +439,9 @@ class _Run:
                 """,
                 *_columns(new_lots, 8),
             )
-        new_holds, changed_holds, new_shares, changed_shares = [], [], [], []
+        new_holds, changed_holds = [], []
         for record in self.holds.values():
             hold = record.hold
-            if not (hold.new or hold.changed):
-                continue
             if hold.new:
                 new_holds.append(
                     (
@@ -458,13 +456,13 @@ class _Run:
                         record.hold_transaction_id,
                         record.settle_transaction_id,
                         record.settled_at,
+                        _array_literal(share.lot_id for share in hold.shares),
+                        _array_literal(share.drawn for share in hold.shares),
+                        _array_literal(share.returned for share in hold.shares),
+                        _array_literal(share.refunded for share in hold.shares),
                     )
                 )
-                new_shares += [
-                    (hold.id, share.lot_id, order, share.drawn, share.returned, share.refunded)
-                    for order, share in enumerate(hold.shares)
-                ]
-            else:
+            elif hold.changed:
                 changed_holds.append(
                     (
                         hold.id,
@@ -473,28 +471,28 @@ class _Run:
                         hold.refunded,
                         record.settle_transaction_id,
                         record.settled_at,
+                        _array_literal(share.returned for share in hold.shares),
+                        _array_literal(share.refunded for share in hold.shares),
                     )
                 )
-                changed_shares += [(hold.id, share.lot_id, share.returned, share.refunded) for share in hold.shares]
         if new_holds:
             await connection.execute(
                 """
                 INSERT INTO ledger_holds
                     (id, user_id, amount, status, captured, refunded, expires_at, reference,
-                     hold_transaction_id, settle_transaction_id, settled_at)
-                SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
-                                     $6::bigint[], $7::timestamptz[], $8::text[], $9::bigint[], $10::bigint[],
-                                     $11::timestamptz[])
+                     hold_transaction_id, settle_transaction_id, settled_at,
+                     share_lot_ids, share_drawn, share_returned, share_refunded)
+                SELECT id, user_id, amount, status, captured, refunded, expires_at, reference,
+                       hold_transaction_id, settle_transaction_id, settled_at,
+                       lot_ids::bigint[], drawn::bigint[], returned::bigint[], refunded_shares::bigint[]
+                FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[],
+                            $7::timestamptz[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[],
+                            $12::text[], $13::text[], $14::text[], $15::text[])
+                    AS new (id, user_id, amount, status, captured, refunded, expires_at, reference,
+                            hold_transaction_id, settle_transaction_id, settled_at,
+                            lot_ids, drawn, returned, refunded_shares)
                 """,
-                *_columns(new_holds, 11),
-            )
-            await connection.execute(
-                """
-                INSERT INTO ledger_hold_lots (hold_id, lot_id, draw_order, drawn, returned, refunded)
-                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::bigint[], $5::bigint[],
-                                     $6::bigint[])
-                """,
-                *_columns(new_shares, 6),
+                *_columns(new_holds, 15),
             )
         await connection.execute(
             """
@@ -517,22 +515,15 @@ class _Run:
                 """
                 UPDATE ledger_holds AS hold
                 SET status = change.status, captured = change.captured, refunded = change.refunded,
-                    settle_transaction_id = change.settle_transaction_id, settled_at = change.settled_at
+                    settle_transaction_id = change.settle_transaction_id, settled_at = change.settled_at,
+                    share_returned = change.returned::bigint[], share_refunded = change.refunded_shares::bigint[]
                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                            $6::timestamptz[])
-                    AS change (id, status, captured, refunded, settle_transaction_id, settled_at)
+                            $6::timestamptz[], $7::text[], $8::text[])
+                    AS change (id, status, captured, refunded, settle_transaction_id, settled_at, returned,
+                               refunded_shares)
                 WHERE hold.id = change.id
                 """,
-                *_columns(changed_holds, 6),
-            )
-            await connection.execute(
-                """
-                UPDATE ledger_hold_lots AS share SET returned = change.returned, refunded = change.refunded
-                FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
-                    AS change (hold_id, lot_id, returned, refunded)
-                WHERE share.hold_id = change.hold_id AND share.lot_id = change.lot_id
-                """,
-                *_columns(changed_shares, 4),
+                *_columns(changed_holds, 8),
             )
         touched = [
             (user.state.user_id, user.state.available, user.state.held, user.state.owed)
@@ -550,6 +541,12 @@ class _Run:
             """,
             *_columns(touched, 4),
         )
+
+
+def _array_literal(values: Iterable[int]) -> str:
+    """A bigint[] as PostgreSQL's text form: unnest() would flatten an array of arrays, so each hold's
+    share arrays travel as one text element and are cast back to bigint[] by the statement."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -610,15 +607,9 @@ async def _load_holds(connection: Connection, hold_ids: list[int]) -> dict[int, 
         return {}
     rows = await connection.fetch(
         """
-        SELECT h.id, h.user_id, h.amount, h.status, h.captured, h.refunded, h.expires_at, h.reference,
-               h.hold_transaction_id, h.settle_transaction_id, h.settled_at,
-               array_agg(s.lot_id ORDER BY s.draw_order) AS lot_ids,
-               array_agg(s.drawn ORDER BY s.draw_order) AS drawn,
-               array_agg(s.returned ORDER BY s.draw_order) AS returned,
-               array_agg(s.refunded ORDER BY s.draw_order) AS refunded_shares
-        FROM ledger_holds h JOIN ledger_hold_lots s ON s.hold_id = h.id
-        WHERE h.id = ANY($1::bigint[])
-        GROUP BY h.id
+        SELECT id, user_id, amount, status, captured, refunded, expires_at, reference, hold_transaction_id,
+               settle_transaction_id, settled_at, share_lot_ids, share_drawn, share_returned, share_refunded
+        FROM ledger_holds WHERE id = ANY($1::bigint[])
         """,
         hold_ids,
     )
@@ -627,7 +618,7 @@ async def _load_holds(connection: Connection, hold_ids: list[int]) -> dict[int, 
         shares = [
             rules.Share(lot_id=lot_id, drawn=drawn, returned=returned, refunded=refunded)
             for lot_id, drawn, returned, refunded in zip(
-                row["lot_ids"], row["drawn"], row["returned"], row["refunded_shares"], strict=True
+                row["share_lot_ids"], row["share_drawn"], row["share_returned"], row["share_refunded"], strict=True
             )
         ]
         hold = rules.Hold(

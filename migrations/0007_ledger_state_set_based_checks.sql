@@ -1,10 +1,12 @@
--- The ledger's state tables check their references set-based, once per statement, and the balance of
--- ledger transactions is checked once per database transaction instead of once per ledger transaction.
+-- The ledger's state tables check their references set-based, once per statement, the balance of ledger
+-- transactions is checked once per database transaction instead of once per ledger transaction, and a
+-- hold's shares live in the hold's own row.
 --
 -- Why: a batch of a few hundred operations spent most of the database's time in per-row work, one
--- foreign-key query per reference per row and one trigger call per ledger transaction at commit. The same
--- guarantees hold: rows of balances, transactions, lots and holds are never deleted (migrations 0002 and
--- 0005), so a reference checked when a row is written stays valid for good.
+-- foreign-key query per reference per row, one trigger call per ledger transaction at commit, and one
+-- share row per lot a hold drew from, inserted with the hold and rewritten with it. The same guarantees
+-- hold: rows of balances, transactions, lots and holds are never deleted (migrations 0002 and 0005), so a
+-- reference checked when a row is written stays valid for good.
 
 ALTER TABLE ledger_lots
     DROP CONSTRAINT ledger_lots_user_id_fkey,
@@ -13,9 +15,58 @@ ALTER TABLE ledger_holds
     DROP CONSTRAINT ledger_holds_user_id_fkey,
     DROP CONSTRAINT ledger_holds_hold_transaction_id_fkey,
     DROP CONSTRAINT ledger_holds_settle_transaction_id_fkey;
-ALTER TABLE ledger_hold_lots
-    DROP CONSTRAINT ledger_hold_lots_hold_id_fkey,
-    DROP CONSTRAINT ledger_hold_lots_lot_id_fkey;
+
+-- A hold's shares: which lots it drew from, in draw order (moments go back in the reverse order), and
+-- what became of each share, as four arrays of one length.
+ALTER TABLE ledger_holds
+    ADD COLUMN share_lot_ids bigint[],
+    ADD COLUMN share_drawn bigint[],
+    ADD COLUMN share_returned bigint[],
+    ADD COLUMN share_refunded bigint[];
+UPDATE ledger_holds AS hold
+SET share_lot_ids = shares.lot_ids, share_drawn = shares.drawn, share_returned = shares.returned,
+    share_refunded = shares.refunded
+FROM (
+    SELECT hold_id,
+           array_agg(lot_id ORDER BY draw_order) AS lot_ids,
+           array_agg(drawn ORDER BY draw_order) AS drawn,
+           array_agg(returned ORDER BY draw_order) AS returned,
+           array_agg(refunded ORDER BY draw_order) AS refunded
+    FROM ledger_hold_lots GROUP BY hold_id
+) AS shares
+WHERE shares.hold_id = hold.id;
+ALTER TABLE ledger_holds
+    ALTER share_lot_ids SET NOT NULL,
+    ALTER share_drawn SET NOT NULL,
+    ALTER share_returned SET NOT NULL,
+    ALTER share_refunded SET NOT NULL,
+    -- array_position(..., NULL) finds a NULL element, which would make the ALL() tests NULL and so pass.
+    ADD CONSTRAINT ledger_holds_shares_check CHECK (
+        array_ndims(share_lot_ids) = 1 AND cardinality(share_lot_ids) >= 1
+        AND cardinality(share_drawn) = cardinality(share_lot_ids)
+        AND cardinality(share_returned) = cardinality(share_lot_ids)
+        AND cardinality(share_refunded) = cardinality(share_lot_ids)
+        AND array_position(share_lot_ids, NULL) IS NULL AND array_position(share_drawn, NULL) IS NULL
+        AND array_position(share_returned, NULL) IS NULL AND array_position(share_refunded, NULL) IS NULL
+        AND 0 < ALL (share_drawn) AND 0 <= ALL (share_returned) AND 0 <= ALL (share_refunded)
+    );
+DROP TABLE ledger_hold_lots;
+
+-- A hold ends once, its amounts only grow, and what it drew from which lots never changes.
+CREATE OR REPLACE FUNCTION ledger_holds_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status <> 'open' AND NEW.status <> OLD.status THEN
+        RAISE EXCEPTION 'hold % already ended as %', OLD.id, OLD.status USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.amount <> OLD.amount OR NEW.user_id <> OLD.user_id
+       OR NEW.hold_transaction_id <> OLD.hold_transaction_id
+       OR NEW.captured < OLD.captured OR NEW.refunded < OLD.refunded
+       OR (OLD.settle_transaction_id IS NOT NULL AND NEW.settle_transaction_id <> OLD.settle_transaction_id)
+       OR NEW.share_lot_ids <> OLD.share_lot_ids OR NEW.share_drawn <> OLD.share_drawn THEN
+        RAISE EXCEPTION 'hold % may not be rewritten', OLD.id USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
 
 -- Index probes only: a batch names a few hundred rows of tables that only grow, and a hash join or a
 -- sequential scan, which the planner may pick when the tables' statistics are stale, would read a whole
@@ -47,6 +98,8 @@ CREATE TRIGGER ledger_lots_inserted AFTER INSERT ON ledger_lots
 CREATE TRIGGER ledger_lots_updated AFTER UPDATE ON ledger_lots
     REFERENCING NEW TABLE AS changed_lots FOR EACH STATEMENT EXECUTE FUNCTION ledger_lots_references();
 
+-- A hold names its user and transactions, and each share a lot of the same user, once, giving back and
+-- refunding no more than it drew; the shares drew the hold's amount.
 CREATE FUNCTION ledger_holds_references() RETURNS trigger LANGUAGE plpgsql
 SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS $$
 DECLARE
@@ -67,39 +120,43 @@ BEGIN
                  ELSE 'settle transaction which does not exist' END
             USING ERRCODE = 'foreign_key_violation';
     END IF;
+    SELECT h.id, s.lot_id, l.id IS NULL AS no_lot
+        INTO bad
+        FROM changed_holds h
+        CROSS JOIN LATERAL unnest(h.share_lot_ids) AS s (lot_id)
+        LEFT JOIN ledger_lots l ON l.id = s.lot_id
+        WHERE l.id IS NULL OR l.user_id <> h.user_id
+        LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'share of hold % names %', bad.id,
+            CASE WHEN bad.no_lot THEN format('lot %s which does not exist', bad.lot_id)
+                 ELSE format('lot %s of another user', bad.lot_id) END
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    SELECT h.id, s.drawn_total, s.overdrawn, s.lots, s.distinct_lots
+        INTO bad
+        FROM changed_holds h
+        CROSS JOIN LATERAL (
+            SELECT sum(drawn) AS drawn_total, bool_or(returned + refunded > drawn) AS overdrawn,
+                   count(*) AS lots, count(DISTINCT lot_id) AS distinct_lots
+            FROM unnest(h.share_lot_ids, h.share_drawn, h.share_returned, h.share_refunded)
+                AS share (lot_id, drawn, returned, refunded)
+        ) AS s
+        WHERE s.drawn_total <> h.amount OR s.overdrawn OR s.lots <> s.distinct_lots
+        LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'shares of hold % %', bad.id,
+            CASE WHEN bad.overdrawn THEN 'give back and refund more than they drew'
+                 WHEN bad.lots <> bad.distinct_lots THEN 'name a lot twice'
+                 ELSE format('drew %s, not the hold''s amount', bad.drawn_total) END
+            USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NULL;
 END $$;
 CREATE TRIGGER ledger_holds_inserted AFTER INSERT ON ledger_holds
     REFERENCING NEW TABLE AS changed_holds FOR EACH STATEMENT EXECUTE FUNCTION ledger_holds_references();
 CREATE TRIGGER ledger_holds_updated AFTER UPDATE ON ledger_holds
     REFERENCING NEW TABLE AS changed_holds FOR EACH STATEMENT EXECUTE FUNCTION ledger_holds_references();
-
--- A hold's share names its hold and a lot of the same user.
-CREATE FUNCTION ledger_hold_lots_references() RETURNS trigger LANGUAGE plpgsql
-SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS $$
-DECLARE
-    bad record;
-BEGIN
-    SELECT s.hold_id, s.lot_id, h.id IS NULL AS no_hold, l.id IS NULL AS no_lot
-        INTO bad
-        FROM changed_shares s
-        LEFT JOIN ledger_holds h ON h.id = s.hold_id
-        LEFT JOIN ledger_lots l ON l.id = s.lot_id
-        WHERE h.id IS NULL OR l.id IS NULL OR l.user_id <> h.user_id
-        LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'share of hold % in lot % names a %', bad.hold_id, bad.lot_id,
-            CASE WHEN bad.no_hold THEN 'hold which does not exist'
-                 WHEN bad.no_lot THEN 'lot which does not exist'
-                 ELSE 'lot of another user' END
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER ledger_hold_lots_inserted AFTER INSERT ON ledger_hold_lots
-    REFERENCING NEW TABLE AS changed_shares FOR EACH STATEMENT EXECUTE FUNCTION ledger_hold_lots_references();
-CREATE TRIGGER ledger_hold_lots_updated AFTER UPDATE ON ledger_hold_lots
-    REFERENCING NEW TABLE AS changed_shares FOR EACH STATEMENT EXECUTE FUNCTION ledger_hold_lots_references();
 
 -- The postings' checks of migration 0006 in one statement, with the same plan discipline.
 CREATE OR REPLACE FUNCTION ledger_postings_inserted() RETURNS trigger LANGUAGE plpgsql
@@ -179,10 +236,9 @@ CREATE CONSTRAINT TRIGGER ledger_transactions_balanced AFTER INSERT ON ledger_tr
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (ledger_balance_check_due())
     EXECUTE FUNCTION ledger_transaction_balanced();
 
--- Room on every page for the next version of a row, so that updating a balance or a hold's share stays
--- a heap-only (HOT) update that touches no index; a full page forces a new index entry in every index.
+-- Room on every page for the next version of a row, so that updating a balance stays a heap-only (HOT)
+-- update that touches no index; a full page forces a new index entry in every index.
 ALTER TABLE ledger_balances SET (fillfactor = 50);
-ALTER TABLE ledger_hold_lots SET (fillfactor = 80);
 ALTER TABLE ledger_holds SET (fillfactor = 80);
 -- Nothing reads holds by these: generations find their expired holds through the generation rows, and
 -- the audit reads every hold anyway. Each cost two index entries per hold.

@@ -243,7 +243,7 @@ async def test_delete_of_a_transaction_is_refused(led: L.Ledger, conn: Any) -> N
         "TRUNCATE ledger_postings",
         "TRUNCATE ledger_postings CASCADE",
         "TRUNCATE ledger_transactions CASCADE",
-        "TRUNCATE ledger_postings, ledger_transactions, ledger_lots, ledger_holds, ledger_hold_lots CASCADE",
+        "TRUNCATE ledger_postings, ledger_transactions, ledger_lots, ledger_holds CASCADE",
     ],
 )
 async def test_truncate_is_refused(led: L.Ledger, conn: Any, statement: str) -> None:
@@ -373,14 +373,17 @@ async def test_a_refund_beyond_the_capture_is_refused(led: L.Ledger, conn: Any) 
     await led.submit(L.Capture(key="c", user_id="u1", actor="test", hold_id=hold.hold_id, amount=6))
     with check_violation("ledger_holds_check"):
         await conn.execute("UPDATE ledger_holds SET refunded = 7 WHERE id = $1", hold.hold_id)
-    with check_violation("ledger_hold_lots_check"):
-        await conn.execute("UPDATE ledger_hold_lots SET refunded = drawn + 1 WHERE hold_id = $1", hold.hold_id)
+    with check_violation(rf"shares of hold {hold.hold_id} give back and refund more than they drew"):
+        await conn.execute(
+            "UPDATE ledger_holds SET share_returned = share_drawn, share_refunded = share_drawn WHERE id = $1",
+            hold.hold_id,
+        )
     await assert_audit_ok(led)
 
 
 # --- the ledger's state rows are never removed (migrations/0005_ledger_guards.sql) ---------------------------
 
-STATE_TABLES = ["ledger_balances", "ledger_lots", "ledger_holds", "ledger_hold_lots", "ledger_accounts"]
+STATE_TABLES = ["ledger_balances", "ledger_lots", "ledger_holds", "ledger_accounts"]
 
 
 async def user_with_a_hold(led: L.Ledger) -> L.Result:
@@ -427,7 +430,7 @@ async def test_the_audit_notices_moments_whose_user_rows_are_gone(led: L.Ledger,
     postings = await ledger_counts(conn)
     async with conn.transaction():
         await conn.execute("SET LOCAL session_replication_role = replica")
-        for table in ("ledger_hold_lots", "ledger_holds", "ledger_lots", "ledger_balances"):
+        for table in ("ledger_holds", "ledger_lots", "ledger_balances"):
             await conn.execute(f"DELETE FROM {table}")
     assert await ledger_counts(conn) == postings
     report = await led.audit()
@@ -513,13 +516,13 @@ async def test_a_hold_must_name_its_user_and_transactions(led: L.Ledger, conn: A
         L.Hold(key="h", user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
     )
     insert = (
-        "INSERT INTO ledger_holds (user_id, amount, status, expires_at, hold_transaction_id) "
-        "VALUES ($1, 10, 'open', now(), $2)"
+        "INSERT INTO ledger_holds (user_id, amount, status, expires_at, hold_transaction_id, share_lot_ids, "
+        "share_drawn, share_returned, share_refunded) VALUES ($1, 10, 'open', now(), $2, $3, '{10}', '{0}', '{0}')"
     )
     with foreign_key_violation("names a user with no balance row"):
-        await conn.execute(insert, "nobody", credit.transaction_id)
+        await conn.execute(insert, "nobody", credit.transaction_id, credit.lot_ids)
     with foreign_key_violation("names a hold transaction which does not exist"):
-        await conn.execute(insert, "u1", 777_777)
+        await conn.execute(insert, "u1", 777_777, credit.lot_ids)
     with foreign_key_violation("names a settle transaction which does not exist"):
         await conn.execute(
             "UPDATE ledger_holds SET status = 'voided', settle_transaction_id = 777777, settled_at = now() "
@@ -530,21 +533,44 @@ async def test_a_hold_must_name_its_user_and_transactions(led: L.Ledger, conn: A
     await assert_audit_ok(led)
 
 
-async def test_a_share_must_name_its_hold_and_a_lot_of_the_same_user(led: L.Ledger, conn: Any) -> None:
+async def test_a_holds_shares_name_lots_of_its_user_once_and_draw_its_amount(led: L.Ledger, conn: Any) -> None:
     credit = await credited(led)
     other = await credited(led, "u2")
     hold = await led.submit(
         L.Hold(key="h", user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
     )
-    insert = "INSERT INTO ledger_hold_lots (hold_id, lot_id, draw_order, drawn) VALUES ($1, $2, 1, 1)"
-    with foreign_key_violation("names a hold which does not exist"):
-        await conn.execute(insert, 777_777, credit.lot_ids[0])
-    with foreign_key_violation("names a lot which does not exist"):
-        await conn.execute(insert, hold.hold_id, 777_777)
-    with foreign_key_violation("names a lot of another user"):
-        await conn.execute(insert, hold.hold_id, other.lot_ids[0])
-    with foreign_key_violation("names a lot of another user"):
-        await conn.execute("UPDATE ledger_hold_lots SET lot_id = $2 WHERE hold_id = $1", hold.hold_id, other.lot_ids[0])
+    # A transaction no hold names yet (each hold transaction holds one hold).
+    hold_transaction_id = credit.transaction_id
+    (lot_id,) = credit.lot_ids
+
+    async def insert_hold(lot_ids: list[int], drawn: list[int]) -> None:
+        await conn.execute(
+            "INSERT INTO ledger_holds (user_id, amount, status, expires_at, hold_transaction_id, share_lot_ids, "
+            "share_drawn, share_returned, share_refunded) VALUES ('u1', 10, 'open', now(), $1, $2, $3, $4, $4)",
+            hold_transaction_id,
+            lot_ids,
+            drawn,
+            [0] * len(lot_ids),
+        )
+
+    before = await conn.fetchval("SELECT count(*) FROM ledger_holds")
+    with foreign_key_violation("names lot 777777 which does not exist"):
+        await insert_hold([777_777], [10])
+    with foreign_key_violation(rf"names lot {other.lot_ids[0]} of another user"):
+        await insert_hold([other.lot_ids[0]], [10])
+    with check_violation("drew 9, not the hold's amount"):
+        await insert_hold([lot_id], [9])
+    with check_violation("name a lot twice"):
+        await insert_hold([lot_id, lot_id], [5, 5])
+    for lot_ids, drawn in (([], []), ([lot_id], [10, 0]), ([lot_id], [None]), ([lot_id], [-10])):
+        with check_violation("ledger_holds_shares_check"):
+            await insert_hold(lot_ids, drawn)  # type: ignore[arg-type]
+    assert await conn.fetchval("SELECT count(*) FROM ledger_holds") == before
+    # What a hold drew from never changes.
+    with check_violation(rf"hold {hold.hold_id} may not be rewritten"):
+        await conn.execute("UPDATE ledger_holds SET share_lot_ids = $2 WHERE id = $1", hold.hold_id, other.lot_ids)
+    with check_violation(rf"hold {hold.hold_id} may not be rewritten"):
+        await conn.execute("UPDATE ledger_holds SET share_drawn = '{9}' WHERE id = $1", hold.hold_id)
     await assert_audit_ok(led)
 
 

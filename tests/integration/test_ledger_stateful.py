@@ -462,7 +462,11 @@ class LedgerMachine(RuleBasedStateMachine):
             holds = {row["id"]: (row["status"], row["captured"], row["refunded"]) for row in rows}
             rows = await self.pool.fetch("SELECT id, user_id, category, remaining FROM ledger_lots")
             lots = {row["id"]: (row["user_id"], row["category"], row["remaining"]) for row in rows}
-            rows = await self.pool.fetch("SELECT hold_id, lot_id, drawn, returned, refunded FROM ledger_hold_lots")
+            rows = await self.pool.fetch(
+                "SELECT h.id AS hold_id, s.lot_id, s.drawn, s.returned, s.refunded FROM ledger_holds h, "
+                "unnest(h.share_lot_ids, h.share_drawn, h.share_returned, h.share_refunded) "
+                "AS s (lot_id, drawn, returned, refunded)"
+            )
             shares = {(row["hold_id"], row["lot_id"]): (row["drawn"], row["returned"], row["refunded"]) for row in rows}
             return balances, report, holds, lots, shares
 

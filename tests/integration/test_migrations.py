@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+import ledger as L
 import migrations
 from tests.support.database import dsn_with_database
 
@@ -234,3 +235,84 @@ async def test_moments_migrate_without_database_url_fails_clearly() -> None:
     result = await asyncio.to_thread(run_cli, "migrate", database_url=None)
     assert result.returncode != 0
     assert "DATABASE_URL" in result.stderr
+
+
+async def test_0007_moves_existing_shares_into_their_holds(empty_database: str, migrations_copy: Path) -> None:
+    """A ledger written before migration 0007, with a hold drawn from two lots and partly captured,
+    keeps every share (in draw order) in the hold's own row, passes the audit, and keeps working."""
+    (migrations_copy / "0007_ledger_state_set_based_checks.sql").unlink()
+    for later in migrations_copy.glob("00[0-9][8-9]_*.sql"):
+        later.unlink()
+    await migrations.apply(empty_database, migrations_copy)
+    pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=3)
+    try:
+        async with L.Ledger(pool) as led:
+            for key, category in (("paid", "paid"), ("promo", "promotional")):
+                await led.submit(
+                    L.Credit(key=key, user_id="u1", actor="test", amount=6, kind="purchase", category=category)
+                )
+        lots = await pool.fetch("SELECT id, category FROM ledger_lots ORDER BY id")
+        paid, promotional = (row["id"] for row in lots)
+        async with pool.acquire() as conn, conn.transaction():
+            # As the engine before 0007 wrote it: a hold of 10 (promotional first, then paid), capture of 7.
+            accounts = {row["code"]: row["id"] for row in await conn.fetch("SELECT code, id FROM ledger_accounts")}
+            hold_tx, capture_tx = [
+                await conn.fetchval(
+                    "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result) "
+                    "VALUES ($1, $2, $3, 'u1', 'test', '{}') RETURNING id",
+                    kind,
+                    f"raw-{kind}",
+                    bytes(32),
+                )
+                for kind in ("hold", "capture")
+            ]
+            await conn.executemany(
+                "INSERT INTO ledger_postings (transaction_id, account_id, amount) VALUES ($1, $2, $3)",
+                [
+                    (hold_tx, accounts["user:u1:available"], -10),
+                    (hold_tx, accounts["user:u1:held"], 10),
+                    (capture_tx, accounts["user:u1:held"], -10),
+                    (capture_tx, accounts["user:u1:available"], 3),
+                    (capture_tx, accounts["system:revenue"], 7),
+                ],
+            )
+            hold_id = await conn.fetchval(
+                "INSERT INTO ledger_holds (user_id, amount, status, captured, expires_at, hold_transaction_id, "
+                "settle_transaction_id, settled_at) VALUES ('u1', 10, 'captured', 7, now(), $1, $2, now()) "
+                "RETURNING id",
+                hold_tx,
+                capture_tx,
+            )
+            await conn.executemany(
+                "INSERT INTO ledger_hold_lots (hold_id, lot_id, draw_order, drawn, returned) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                [(hold_id, promotional, 0, 6, 0), (hold_id, paid, 1, 4, 3)],
+            )
+            await conn.execute("UPDATE ledger_lots SET remaining = 0 WHERE id = $1", promotional)
+            await conn.execute("UPDATE ledger_lots SET remaining = 5 WHERE id = $1", paid)
+            await conn.execute("UPDATE ledger_balances SET available = 5 WHERE user_id = 'u1'")
+
+        await migrations.apply(empty_database)
+
+        assert "ledger_hold_lots" not in await public_tables(empty_database)
+        row = await pool.fetchrow(
+            "SELECT share_lot_ids, share_drawn, share_returned, share_refunded FROM ledger_holds WHERE id = $1",
+            hold_id,
+        )
+        assert dict(row) == {
+            "share_lot_ids": [promotional, paid],
+            "share_drawn": [6, 4],
+            "share_returned": [0, 3],
+            "share_refunded": [0, 0],
+        }
+        async with L.Ledger(pool) as led:
+            report = await led.audit()
+            assert report.ok, [check for check in report.checks if not check.ok]
+            # A refund of the migrated capture goes back to the lots its shares name.
+            refund = await led.submit(L.Refund(key="refund", user_id="u1", actor="test", hold_id=hold_id, amount=2))
+            assert refund.available == 7
+            assert (await led.audit()).ok
+        refunded = await pool.fetchval("SELECT share_refunded FROM ledger_holds WHERE id = $1", hold_id)
+        assert sum(refunded) == 2
+    finally:
+        await pool.close()
