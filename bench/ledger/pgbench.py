@@ -33,8 +33,9 @@ class PgbenchResult:
 
 
 class Pgbench:
-    def __init__(self, *, port: int, database: str, work_dir: Path, postmaster_pid: int | None) -> None:
-        self._connection = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    def __init__(self, *, host: str, port: int, database: str, work_dir: Path, postmaster_pid: int | None) -> None:
+        # host: 127.0.0.1, or the socket directory, as the ledger's side connects.
+        self._connection = ["-h", host, "-p", str(port), "-U", "postgres"]
         self._database = database
         self._work_dir = work_dir
         self._postmaster_pid = postmaster_pid

@@ -209,7 +209,11 @@ def _fields(result: workload.LifecycleResult) -> dict[str, object]:
 def pgbench_for(server: EmbeddedPostgres, report: Report, work_dir: Path) -> Pgbench:
     assert server.port is not None
     bench = Pgbench(
-        port=server.port, database=PGBENCH_DATABASE, work_dir=work_dir, postmaster_pid=postmaster_pid(server)
+        host=str(server.socket_dir or "127.0.0.1"),
+        port=server.port,
+        database=PGBENCH_DATABASE,
+        work_dir=work_dir,
+        postmaster_pid=postmaster_pid(server),
     )
     started = time.perf_counter()
     progress(f"(pg) pgbench -i -s 10 into database {PGBENCH_DATABASE}")
@@ -246,6 +250,8 @@ def run(options: argparse.Namespace) -> Report:
         progress(f"starting embedded PostgreSQL in {work_dir} ({'fsync OFF' if options.fast else 'durable, fsync on'})")
         dsn = server.start()
         report.machine["postgres"] = asyncio.run(create_databases(dsn, [LEDGER_DATABASE, PGBENCH_DATABASE]))
+        # Both sides reach the server the same way: its Unix socket, the cheapest local transport.
+        report.machine["transport"] = "Unix socket" if server.socket_dir else "TCP 127.0.0.1"
         report.setup_s["server start"] = time.perf_counter() - started
         pid = postmaster_pid(server)
         bench = pgbench_for(server, report, work_dir) if "pg" in figures else None
@@ -259,7 +265,9 @@ def run(options: argparse.Namespace) -> Report:
                 hot_row.append(bench.hot_row(options.duration_s))
             if "a" in figures or "b" in figures:
                 results = asyncio.run(
-                    ledger_figures(server.dsn_for(LEDGER_DATABASE), options, report, pid, first_round=round_number == 0)
+                    ledger_figures(
+                        server.socket_dsn_for(LEDGER_DATABASE), options, report, pid, first_round=round_number == 0
+                    )
                 )
                 spread += [results["a"]] if "a" in results else []
                 hot_user += [results["b"]] if "b" in results else []
@@ -298,7 +306,8 @@ def render(report: Report) -> str:
         "",
         "Moments ledger benchmark",
         f"  machine   : {report.machine['nproc']} CPUs ({report.machine['cpu']}), Python {report.machine['python']}, "
-        f"PostgreSQL {report.machine.get('postgres', '?')} (embedded, one server)",
+        f"PostgreSQL {report.machine.get('postgres', '?')} (embedded, one server, "
+        f"ledger and pgbench through {report.machine.get('transport', '?')})",
         f"  CPUs      : all {report.machine['nproc']} busy do {report.machine['parallel_speedup']}x the work of one "
         "(CPU-bound processes, measured before the run)",
         f"  durability: {'fsync OFF (--fast): not the honest figure' if options['fast'] else 'durable (fsync on)'}",
