@@ -79,6 +79,8 @@ class Batcher:
     async def _commit_loop(self, queue: asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
         while True:
             first = await queue.get()
+            # One turn of the event loop: callers answered by the last commit queue their next operations.
+            await asyncio.sleep(0)
             batch = [first]
             while len(batch) < self._settings.batch_size_max and not queue.empty():
                 batch.append(queue.get_nowait())
