@@ -158,7 +158,7 @@ class LedgerSettings:
     def from_env(cls) -> LedgerSettings:
         return cls(
             batch_size_max=_int("LEDGER_BATCH_SIZE_MAX", 512, minimum=1, maximum=10_000),
-            committers=_int("LEDGER_COMMITTERS", 2, minimum=1, maximum=64),
+            committers=_int("LEDGER_COMMITTERS", 3, minimum=1, maximum=64),
         )
 
 

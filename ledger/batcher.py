@@ -32,7 +32,7 @@ RETRYABLE_SQLSTATES = {"23505", "40P01", "40001", "55P03", "57014"}
 @dataclass(frozen=True, kw_only=True)
 class BatchSettings:
     batch_size_max: int = 512
-    committers: int = 2
+    committers: int = 3
     batch_attempts_max: int = 3
     queue_size_max: int = 20_000
 

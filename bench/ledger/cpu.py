@@ -81,6 +81,17 @@ def postgres_cpu_s(postmaster_pid: int | None) -> float:
     return ticks / CLOCK_TICKS_PER_S
 
 
+def postgres_children(postmaster_pid: int | None) -> int:
+    """How many processes the postmaster has now (its background workers, plus one per connection)."""
+    if postmaster_pid is None:
+        return 0
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (child := _stat_fields(entry.name)) is not None and int(child[1]) == postmaster_pid:
+            count += 1
+    return count
+
+
 def _machine() -> tuple[float, float, float]:
     with open("/proc/stat") as stat:
         values = [int(value) for value in stat.readline().split()[1:]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ LATENCY_PATTERN = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
 SCALE = 10
 CLIENTS = 8
 THREADS = 2
+REAP_WAIT_S = 2.0
 HOT_ROW_SCRIPT = "\\set d random(1, 10)\nUPDATE hot SET v = v + :d WHERE id = 1;\n"
 
 
@@ -62,10 +64,16 @@ class Pgbench:
             raise PgbenchError(f"creating the hot-row table failed: {done.stderr}")
 
     def _measure(self, name: str, args: list[str], duration_s: int) -> PgbenchResult:
+        children = cpu.postgres_children(self._postmaster_pid)
         start = cpu.sample(self._postmaster_pid)
         output = self._run(
             ["-c", str(CLIENTS), "-j", str(THREADS), "-T", str(duration_s), *args], timeout_s=duration_s + 120
         )
+        # A backend that has exited but is not yet reaped by the postmaster is in no CPU counter: wait for
+        # pgbench's backends to be reaped, or their CPU would be reported as other programs'.
+        deadline = time.monotonic() + REAP_WAIT_S
+        while cpu.postgres_children(self._postmaster_pid) > children and time.monotonic() < deadline:
+            time.sleep(0.01)
         end = cpu.sample(self._postmaster_pid)
         tps = TPS_PATTERN.search(output)
         if tps is None:
