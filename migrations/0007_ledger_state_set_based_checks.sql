@@ -228,6 +228,8 @@ BEGIN
         RAISE EXCEPTION 'ledger transaction % is unbalanced: % postings summing to %', bad.id, bad.legs, bad.total
             USING ERRCODE = 'check_violation';
     END IF;
+    -- Fired before commit (SET CONSTRAINTS ... IMMEDIATE): the next ledger transaction queues a new check.
+    PERFORM set_config('ledger.balance_checked_xid', '', true);
     RETURN NULL;
 END $$;
 
