@@ -77,20 +77,28 @@ class Batcher:
         return await future
 
     async def _commit_loop(self, queue: asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
-        while True:
-            first = await queue.get()
-            # One turn of the event loop: callers answered by the last commit queue their next operations.
-            await asyncio.sleep(0)
-            batch = [first]
-            while len(batch) < self._settings.batch_size_max and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                await self._run(batch)
-            except Exception as error:  # the loop must survive anything; callers get the error
-                log.exception("ledger_batch_failed", size=len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(LedgerUnavailable(f"ledger batch failed: {error!r}"))
+        batch: list[tuple[AnyOperation, asyncio.Future[Outcome]]] = []
+        try:
+            while True:
+                batch = [await queue.get()]
+                # One turn of the event loop: callers answered by the last commit queue their next operations.
+                await asyncio.sleep(0)
+                while len(batch) < self._settings.batch_size_max and not queue.empty():
+                    batch.append(queue.get_nowait())
+                try:
+                    await self._run(batch)
+                except Exception as error:  # the loop must survive anything; callers get the error
+                    log.exception("ledger_batch_failed", size=len(batch))
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(LedgerUnavailable(f"ledger batch failed: {error!r}"))
+        except asyncio.CancelledError:
+            # Shutting down mid-batch: whether it committed is unknown, so its callers must retry with the
+            # same keys (which replay what did commit) rather than wait forever.
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(LedgerUnavailable("the ledger is shutting down"))
+            raise
 
     async def _run(self, batch: list[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
         operations = [operation for operation, _ in batch]

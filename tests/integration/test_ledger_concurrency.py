@@ -545,3 +545,23 @@ async def test_one_refused_operation_does_not_stop_the_others_in_the_same_call(
     retried = await led.submit(operations[1])
     assert (retried.available, retried.held, retried.replayed) == (120, 450, False)
     await assert_audit_ok(led)
+
+
+async def test_closing_the_ledger_answers_the_batch_in_flight(pool: asyncpg.Pool) -> None:
+    """A batch still waiting on the database when the ledger shuts down is answered with LedgerUnavailable
+    (retry with the same key), never left waiting, and writes nothing."""
+    led = L.Ledger(pool)
+    await led.start()
+    await credit(led, "u1", 100)
+    transactions = await count_rows(pool, "ledger_transactions")
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM ledger_balances WHERE user_id = 'u1' FOR UPDATE")
+        pending = asyncio.create_task(
+            led.submit(L.Hold(key="in-flight", user_id="u1", actor=ACTOR, amount=10, expires_at=soon()))
+        )
+        await asyncio.sleep(0.3)
+        assert not pending.done(), "the batch waits on the row lock"
+        await asyncio.wait_for(led.close(), timeout=10)
+        with pytest.raises(L.LedgerUnavailable, match="shutting down"):
+            await asyncio.wait_for(pending, timeout=5)
+    assert await count_rows(pool, "ledger_transactions") == transactions
