@@ -42,7 +42,8 @@ ALTER TABLE ledger_holds
     ALTER share_refunded SET NOT NULL,
     -- array_position(..., NULL) finds a NULL element, which would make the ALL() tests NULL and so pass.
     ADD CONSTRAINT ledger_holds_shares_check CHECK (
-        array_ndims(share_lot_ids) = 1 AND cardinality(share_lot_ids) >= 1
+        array_ndims(share_lot_ids) = 1 AND array_ndims(share_drawn) = 1 AND array_ndims(share_returned) = 1
+        AND array_ndims(share_refunded) = 1 AND cardinality(share_lot_ids) >= 1
         AND cardinality(share_drawn) = cardinality(share_lot_ids)
         AND cardinality(share_returned) = cardinality(share_lot_ids)
         AND cardinality(share_refunded) = cardinality(share_lot_ids)
@@ -94,8 +95,6 @@ BEGIN
     RETURN NULL;
 END $$;
 CREATE TRIGGER ledger_lots_inserted AFTER INSERT ON ledger_lots
-    REFERENCING NEW TABLE AS changed_lots FOR EACH STATEMENT EXECUTE FUNCTION ledger_lots_references();
-CREATE TRIGGER ledger_lots_updated AFTER UPDATE ON ledger_lots
     REFERENCING NEW TABLE AS changed_lots FOR EACH STATEMENT EXECUTE FUNCTION ledger_lots_references();
 
 -- A hold names its user and transactions, and each share a lot of the same user, once, giving back and
@@ -192,18 +191,30 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Balance: still a deferred constraint trigger, but only the first ledger transaction a database
--- transaction writes queues the check, and that one check covers every ledger transaction the database
--- transaction wrote (found by written_by_xid). A rolled-back savepoint takes its queued check and the
--- marker with it, so the next insert queues the check again.
+-- Balance: still a deferred constraint trigger, but queued once per database transaction, and that one
+-- check covers every ledger transaction the database transaction wrote (found by written_by_xid, which
+-- no row may set to another transaction). The first INSERT of ledger transactions records a marker row
+-- for the database transaction; the constraint trigger is on the marker table, so a marker queues the
+-- check whoever writes it. The check removes the marker, so after a check fired early (SET CONSTRAINTS
+-- ... IMMEDIATE) the next ledger transaction queues another; a rolled-back savepoint takes its marker and
+-- its queued check together.
 CREATE INDEX ledger_transactions_written_by ON ledger_transactions (written_by_xid);
+CREATE TABLE ledger_balance_checks (xid xid8 PRIMARY KEY);
 
-CREATE FUNCTION ledger_balance_check_due() RETURNS boolean LANGUAGE sql VOLATILE AS $$
-    SELECT CASE
-        WHEN current_setting('ledger.balance_checked_xid', true) = pg_current_xact_id()::text THEN false
-        ELSE set_config('ledger.balance_checked_xid', pg_current_xact_id()::text, true) IS NOT NULL
-    END
-$$;
+CREATE FUNCTION ledger_transactions_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    foreign_id bigint;
+BEGIN
+    SELECT id INTO foreign_id FROM new_transactions WHERE written_by_xid <> pg_current_xact_id() LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ledger transaction % names another database transaction as its writer', foreign_id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    INSERT INTO ledger_balance_checks VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER ledger_transactions_inserted AFTER INSERT ON ledger_transactions
+    REFERENCING NEW TABLE AS new_transactions FOR EACH STATEMENT EXECUTE FUNCTION ledger_transactions_inserted();
 
 CREATE OR REPLACE FUNCTION ledger_transaction_balanced() RETURNS trigger LANGUAGE plpgsql
 SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS $$
@@ -228,16 +239,32 @@ BEGIN
         RAISE EXCEPTION 'ledger transaction % is unbalanced: % postings summing to %', bad.id, bad.legs, bad.total
             USING ERRCODE = 'check_violation';
     END IF;
-    -- Fired before commit (SET CONSTRAINTS ... IMMEDIATE): the next ledger transaction queues a new check.
-    PERFORM set_config('ledger.balance_checked_xid', '', true);
+    DELETE FROM ledger_balance_checks WHERE xid = pg_current_xact_id();
     RETURN NULL;
 END $$;
 
 DROP TRIGGER ledger_transactions_balanced ON ledger_transactions;
-CREATE CONSTRAINT TRIGGER ledger_transactions_balanced AFTER INSERT ON ledger_transactions
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (ledger_balance_check_due())
-    EXECUTE FUNCTION ledger_transaction_balanced();
+CREATE CONSTRAINT TRIGGER ledger_transactions_balanced AFTER INSERT ON ledger_balance_checks
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_transaction_balanced();
 
+-- With row-by-row foreign keys gone, the rows others point at keep their keys: a lot's id, owner,
+-- origin and size, a hold's id, a balance row's user and accounts never change.
+CREATE FUNCTION ledger_refuse_rekey() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% row % may not change its identity or origin', TG_TABLE_NAME, OLD
+        USING ERRCODE = 'check_violation';
+END $$;
+CREATE TRIGGER ledger_lots_keys_fixed BEFORE UPDATE ON ledger_lots FOR EACH ROW
+    WHEN (NEW.id <> OLD.id OR NEW.user_id <> OLD.user_id OR NEW.category <> OLD.category
+          OR NEW.amount <> OLD.amount OR NEW.source_transaction_id <> OLD.source_transaction_id
+          OR NEW.expires_at IS DISTINCT FROM OLD.expires_at)
+    EXECUTE FUNCTION ledger_refuse_rekey();
+CREATE TRIGGER ledger_holds_keys_fixed BEFORE UPDATE ON ledger_holds FOR EACH ROW
+    WHEN (NEW.id <> OLD.id) EXECUTE FUNCTION ledger_refuse_rekey();
+CREATE TRIGGER ledger_balances_keys_fixed BEFORE UPDATE ON ledger_balances FOR EACH ROW
+    WHEN (NEW.user_id <> OLD.user_id OR NEW.available_account_id <> OLD.available_account_id
+          OR NEW.held_account_id <> OLD.held_account_id OR NEW.debt_account_id <> OLD.debt_account_id)
+    EXECUTE FUNCTION ledger_refuse_rekey();
 -- Room on every page for the next version of a row, so that updating a balance stays a heap-only (HOT)
 -- update that touches no index; a full page forces a new index entry in every index.
 ALTER TABLE ledger_balances SET (fillfactor = 50);

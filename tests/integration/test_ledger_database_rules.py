@@ -503,10 +503,11 @@ async def test_a_lot_must_name_its_user_and_source_transaction(
             source_id,
         )
     assert await conn.fetchval("SELECT count(*) FROM ledger_lots") == before
-    # An update is checked too.
+    # What other rows point at never changes.
     (lot_id,) = credit.lot_ids
-    with foreign_key_violation("names a user with no balance row"):
-        await conn.execute("UPDATE ledger_lots SET user_id = 'nobody' WHERE id = $1", lot_id)
+    for assignment in ("user_id = 'nobody'", "id = 999999", "source_transaction_id = 777777", "amount = 371"):
+        with check_violation("ledger_lots row .* may not change its identity or origin"):
+            await conn.execute(f"UPDATE ledger_lots SET {assignment} WHERE id = $1", lot_id)
     await assert_audit_ok(led)
 
 
@@ -607,6 +608,40 @@ async def test_a_balance_check_fired_early_does_not_cover_later_transactions(led
             unbalanced = await insert_transaction(conn)
             await insert_postings(conn, unbalanced, (promotions, -5), (available, 6))
     assert await ledger_counts(conn) == before
+
+
+async def test_a_ledger_transaction_cannot_claim_another_writer(led: L.Ledger, conn: Any) -> None:
+    """The balance check finds a database transaction's ledger transactions by written_by_xid; a row
+    naming another writer would escape it."""
+    await credited(led)
+    before = await ledger_counts(conn)
+    with check_violation("names another database transaction as its writer"):
+        await conn.execute(
+            "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result, "
+            "written_by_xid) VALUES ('grant', 'forged', $1, 'u1', 'raw-sql', '{}', '1')",
+            HASH,
+        )
+    assert await ledger_counts(conn) == before
+
+
+async def test_a_forged_marker_does_not_skip_the_balance_check(led: L.Ledger, conn: Any) -> None:
+    await credited(led)
+    with check_violation("unbalanced: 0 postings"):
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('ledger.balance_checked_xid', pg_current_xact_id()::text, true)")
+            await conn.execute("INSERT INTO ledger_balance_checks VALUES (pg_current_xact_id())")
+            await conn.execute("DELETE FROM ledger_balance_checks")
+            await insert_transaction(conn)
+
+
+async def test_balance_rows_and_holds_keep_their_keys(led: L.Ledger, conn: Any) -> None:
+    hold = await user_with_a_hold(led)
+    for assignment in ("user_id = 'zz'", "available_account_id = held_account_id"):
+        with check_violation("ledger_balances row .* may not change its identity or origin"):
+            await conn.execute(f"UPDATE ledger_balances SET {assignment} WHERE user_id = 'u1'")
+    with check_violation("ledger_holds row .* may not change its identity or origin"):
+        await conn.execute("UPDATE ledger_holds SET id = 999999 WHERE id = $1", hold.hold_id)
+    await assert_audit_ok(led)
 
 
 async def insert_transaction_in_a_rolled_back_savepoint(conn: Any) -> None:
