@@ -256,8 +256,7 @@ BEGIN
 END $$;
 CREATE TRIGGER ledger_lots_keys_fixed BEFORE UPDATE ON ledger_lots FOR EACH ROW
     WHEN (NEW.id <> OLD.id OR NEW.user_id <> OLD.user_id OR NEW.category <> OLD.category
-          OR NEW.amount <> OLD.amount OR NEW.source_transaction_id <> OLD.source_transaction_id
-          OR NEW.expires_at IS DISTINCT FROM OLD.expires_at)
+          OR NEW.amount <> OLD.amount OR NEW.source_transaction_id <> OLD.source_transaction_id)
     EXECUTE FUNCTION ledger_refuse_rekey();
 CREATE TRIGGER ledger_holds_keys_fixed BEFORE UPDATE ON ledger_holds FOR EACH ROW
     WHEN (NEW.id <> OLD.id) EXECUTE FUNCTION ledger_refuse_rekey();
