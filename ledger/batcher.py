@@ -63,10 +63,10 @@ class Batcher:
                 await task
         self._tasks = []
         for queue in self._queues:
+            waiting = []
             while not queue.empty():
-                _, future = queue.get_nowait()
-                if not future.done():
-                    future.set_exception(LedgerUnavailable("the ledger is shutting down"))
+                waiting.append(queue.get_nowait())
+            _fail(waiting, LedgerUnavailable("the ledger is shutting down"))
 
     async def submit(self, operation: AnyOperation) -> Outcome:
         assert self._tasks, "Batcher.start() first"
@@ -89,15 +89,11 @@ class Batcher:
                     await self._run(batch)
                 except Exception as error:  # the loop must survive anything; callers get the error
                     log.exception("ledger_batch_failed", size=len(batch))
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(LedgerUnavailable(f"ledger batch failed: {error!r}"))
+                    _fail(batch, LedgerUnavailable(f"ledger batch failed: {error!r}"))
         except asyncio.CancelledError:
             # Shutting down mid-batch: whether it committed is unknown, so its callers must retry with the
             # same keys (which replay what did commit) rather than wait forever.
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(LedgerUnavailable("the ledger is shutting down"))
+            _fail(batch, LedgerUnavailable("the ledger is shutting down"))
             raise
 
     async def _run(self, batch: list[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
@@ -115,9 +111,7 @@ class Batcher:
                     future.set_result(outcome)
             return
         if len(batch) == 1:
-            outcome_error = LedgerUnavailable("the database refused the operation")
-            if not batch[0][1].done():
-                batch[0][1].set_exception(outcome_error)
+            _fail(batch, LedgerUnavailable("the database refused the operation"))
             return
         # Isolate whatever makes the batch fail: each operation alone.
         for item in batch:
@@ -130,3 +124,10 @@ class Batcher:
             # then scans whole tables on every batch as the ledger grows.
             await connection.execute("SET LOCAL random_page_cost = 1.1")
             return await self._engine.execute(connection, operations)
+
+
+def _fail(items: list[tuple[AnyOperation, asyncio.Future[Outcome]]], error: LedgerUnavailable) -> None:
+    """Answers every caller in `items` not answered yet with `error`."""
+    for _, future in items:
+        if not future.done():
+            future.set_exception(error)

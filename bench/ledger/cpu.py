@@ -72,24 +72,22 @@ def postgres_cpu_s(postmaster_pid: int | None) -> float:
         return 0.0
     # After the ")": [1] ppid, [11] utime, [12] stime, [13] cutime, [14] cstime (in clock ticks).
     ticks = sum(int(value) for value in fields[11:15])
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        child = _stat_fields(entry.name)
-        if child is not None and int(child[1]) == postmaster_pid:
-            ticks += int(child[11]) + int(child[12])
+    ticks += sum(int(child[11]) + int(child[12]) for child in _children(postmaster_pid))
     return ticks / CLOCK_TICKS_PER_S
+
+
+def _children(parent_pid: int) -> list[list[str]]:
+    """The /proc stat fields of every live child of `parent_pid`."""
+    children = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (child := _stat_fields(entry.name)) is not None and int(child[1]) == parent_pid:
+            children.append(child)
+    return children
 
 
 def postgres_children(postmaster_pid: int | None) -> int:
     """How many processes the postmaster has now (its background workers, plus one per connection)."""
-    if postmaster_pid is None:
-        return 0
-    count = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (child := _stat_fields(entry.name)) is not None and int(child[1]) == postmaster_pid:
-            count += 1
-    return count
+    return 0 if postmaster_pid is None else len(_children(postmaster_pid))
 
 
 def _machine() -> tuple[float, float, float]:
