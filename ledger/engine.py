@@ -10,7 +10,7 @@ nothing. Only this module writes balances.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from ledger import rules
+from ledger import arrays, rules
 from ledger.operations import (
     AnyOperation,
     Capture,
@@ -405,11 +405,12 @@ class _Run:
             INSERT INTO ledger_transactions
                 (id, kind, idempotency_key, request_hash, user_id, reference, reverses_transaction_id,
                  actor, reason, result)
-            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[],
-                                 $7::bigint[], $8::text[], $9::text[], $10::jsonb[])
+            SELECT * FROM unnest($1::text::bigint[], $2::text::text[], $3::text::text[], $4::text::bytea[],
+                                 $5::text::text[], $6::text::text[], $7::text::bigint[], $8::text::text[],
+                                 $9::text::text[], $10::text::jsonb[])
             ORDER BY 3
             """,
-            *_columns(self.transactions, 10),
+            *_encoded(self.transactions, _TRANSACTION_COLUMNS),
         )
         new_lots, changed_lots = [], []
         for user in self.users.values():
@@ -434,10 +435,10 @@ class _Run:
                 """
                 INSERT INTO ledger_lots
                     (id, user_id, category, amount, remaining, expires_at, expired_at, source_transaction_id)
-                SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                                     $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+                SELECT * FROM unnest($1::text::bigint[], $2::text::text[], $3::text::text[], $4::text::bigint[],
+                                     $5::text::bigint[], $6::timestamptz[], $7::timestamptz[], $8::text::bigint[])
                 """,
-                *_columns(new_lots, 8),
+                *_encoded(new_lots, _NEW_LOT_COLUMNS),
             )
         new_holds, changed_holds = [], []
         for record in self.holds.values():
@@ -485,30 +486,32 @@ class _Run:
                 SELECT id, user_id, amount, status, captured, refunded, expires_at, reference,
                        hold_transaction_id, settle_transaction_id, settled_at,
                        lot_ids::bigint[], drawn::bigint[], returned::bigint[], refunded_shares::bigint[]
-                FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[],
-                            $7::timestamptz[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[],
-                            $12::text[], $13::text[], $14::text[], $15::text[])
+                FROM unnest($1::text::bigint[], $2::text::text[], $3::text::bigint[], $4::text::text[],
+                            $5::text::bigint[], $6::text::bigint[], $7::timestamptz[], $8::text::text[],
+                            $9::text::bigint[], $10::text::bigint[], $11::timestamptz[], $12::text::text[],
+                            $13::text::text[], $14::text::text[], $15::text::text[])
                     AS new (id, user_id, amount, status, captured, refunded, expires_at, reference,
                             hold_transaction_id, settle_transaction_id, settled_at,
                             lot_ids, drawn, returned, refunded_shares)
                 """,
-                *_columns(new_holds, 15),
+                *_encoded(new_holds, _NEW_HOLD_COLUMNS),
             )
         await connection.execute(
             """
             INSERT INTO ledger_postings (transaction_id, account_id, amount)
-            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])
+            SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::bigint[])
             """,
-            *_columns(self.postings, 3),
+            *_encoded(self.postings, (arrays.bigints,) * 3),
         )
         if changed_lots:
             await connection.execute(
                 """
                 UPDATE ledger_lots AS lot SET remaining = change.remaining, expired_at = change.expired_at
-                FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS change (id, remaining, expired_at)
+                FROM unnest($1::text::bigint[], $2::text::bigint[], $3::timestamptz[])
+                    AS change (id, remaining, expired_at)
                 WHERE lot.id = change.id
                 """,
-                *_columns(changed_lots, 3),
+                *_encoded(changed_lots, (arrays.bigints, arrays.bigints, list)),
             )
         if changed_holds:
             await connection.execute(
@@ -517,13 +520,13 @@ class _Run:
                 SET status = change.status, captured = change.captured, refunded = change.refunded,
                     settle_transaction_id = change.settle_transaction_id, settled_at = change.settled_at,
                     share_returned = change.returned::bigint[], share_refunded = change.refunded_shares::bigint[]
-                FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                            $6::timestamptz[], $7::text[], $8::text[])
+                FROM unnest($1::text::bigint[], $2::text::text[], $3::text::bigint[], $4::text::bigint[],
+                            $5::text::bigint[], $6::timestamptz[], $7::text::text[], $8::text::text[])
                     AS change (id, status, captured, refunded, settle_transaction_id, settled_at, returned,
                                refunded_shares)
                 WHERE hold.id = change.id
                 """,
-                *_columns(changed_holds, 8),
+                *_encoded(changed_holds, _CHANGED_HOLD_COLUMNS),
             )
         touched = [
             (user.state.user_id, user.state.available, user.state.held, user.state.owed)
@@ -535,11 +538,11 @@ class _Run:
             UPDATE ledger_balances AS balance
             SET available = change.available, held = change.held, owed = change.owed,
                 version = balance.version + 1, updated_at = now()
-            FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+            FROM unnest($1::text::text[], $2::text::bigint[], $3::text::bigint[], $4::text::bigint[])
                 AS change (user_id, available, held, owed)
             WHERE balance.user_id = change.user_id
             """,
-            *_columns(touched, 4),
+            *_encoded(touched, (arrays.texts,) + (arrays.bigints,) * 3),
         )
 
 
@@ -549,10 +552,64 @@ def _array_literal(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
+# How each column of a batch's rows travels: as an array literal (see ledger/arrays.py), or, for
+# timestamps, as a list asyncpg encodes.
+_Encoder = Callable[[Sequence[Any]], Any]
+_TRANSACTION_COLUMNS: tuple[_Encoder, ...] = (
+    arrays.bigints,  # id
+    arrays.texts,  # kind
+    arrays.texts,  # idempotency_key
+    arrays.byteas,  # request_hash
+    arrays.texts,  # user_id
+    arrays.optional_texts,  # reference
+    arrays.bigints,  # reverses_transaction_id
+    arrays.texts,  # actor
+    arrays.optional_texts,  # reason
+    arrays.texts,  # result
+)
+_NEW_LOT_COLUMNS: tuple[_Encoder, ...] = (
+    arrays.bigints,  # id
+    arrays.texts,  # user_id
+    arrays.texts,  # category
+    arrays.bigints,  # amount
+    arrays.bigints,  # remaining
+    list,  # expires_at
+    list,  # expired_at
+    arrays.bigints,  # source_transaction_id
+)
+_NEW_HOLD_COLUMNS: tuple[_Encoder, ...] = (
+    arrays.bigints,  # id
+    arrays.texts,  # user_id
+    arrays.bigints,  # amount
+    arrays.texts,  # status
+    arrays.bigints,  # captured
+    arrays.bigints,  # refunded
+    list,  # expires_at
+    arrays.optional_texts,  # reference
+    arrays.bigints,  # hold_transaction_id
+    arrays.bigints,  # settle_transaction_id
+    list,  # settled_at
+    arrays.texts,  # share_lot_ids
+    arrays.texts,  # share_drawn
+    arrays.texts,  # share_returned
+    arrays.texts,  # share_refunded
+)
+_CHANGED_HOLD_COLUMNS: tuple[_Encoder, ...] = (
+    arrays.bigints,  # id
+    arrays.texts,  # status
+    arrays.bigints,  # captured
+    arrays.bigints,  # refunded
+    arrays.bigints,  # settle_transaction_id
+    list,  # settled_at
+    arrays.texts,  # share_returned
+    arrays.texts,  # share_refunded
+)
+
+
+def _encoded(rows: list[tuple[Any, ...]], encoders: tuple[_Encoder, ...]) -> list[Any]:
+    """The rows' columns, each encoded for its parameter."""
+    columns: Iterable[Sequence[Any]] = zip(*rows, strict=True) if rows else [() for _ in encoders]
+    return [encode(column) for encode, column in zip(encoders, columns, strict=True)]
 
 
 async def _lock_users(connection: Connection, user_ids: list[str]) -> dict[str, _User]:
