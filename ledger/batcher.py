@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from ledger.engine import Engine, Outcome
+from ledger.engine import Connection, Engine, Outcome
 from ledger.operations import AnyOperation, LedgerUnavailable
 
 log = structlog.get_logger("moments.ledger.batcher")
@@ -100,16 +100,17 @@ class Batcher:
         operations = [operation for operation, _ in batch]
         for attempt in range(1, self._settings.batch_attempts_max + 1):
             try:
-                outcomes = await self._execute(operations)
+                async with self._pool.acquire() as connection:
+                    outcomes = await self._execute(connection, operations)
+                    # Committed: answer now, not after the pool has reset the connection.
+                    for (_, future), outcome in zip(batch, outcomes, strict=True):
+                        if not future.done():
+                            future.set_result(outcome)
+                    return
             except asyncpg.PostgresError as error:
                 if error.sqlstate not in RETRYABLE_SQLSTATES:
                     break
                 log.info("ledger_batch_retry", attempt=attempt, sqlstate=error.sqlstate, size=len(batch))
-                continue
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if not future.done():
-                    future.set_result(outcome)
-            return
         if len(batch) == 1:
             _fail(batch, LedgerUnavailable("the database refused the operation"))
             return
@@ -117,13 +118,23 @@ class Batcher:
         for item in batch:
             await self._run([item])
 
-    async def _execute(self, operations: list[AnyOperation]) -> list[Outcome]:
-        async with self._pool.acquire() as connection, connection.transaction():
-            # A batch reaches every row by key and its pages are cached: priced at the default
-            # random_page_cost, index probes lose to sequential scans, and the generic plan asyncpg caches
-            # then scans whole tables on every batch as the ledger grows.
-            await connection.execute("SET LOCAL random_page_cost = 1.1")
-            return await self._engine.execute(connection, operations)
+    async def _execute(self, connection: Connection, operations: list[AnyOperation]) -> list[Outcome]:
+        """One database transaction for the batch; returns once it has committed."""
+        # BEGIN and the settings in one round trip. A batch reaches every row by key and its pages are
+        # cached, so its plans must probe indexes. Priced at the default random_page_cost, index probes
+        # lose to sequential scans; and statistics taken while a table was small (the holds table is empty
+        # until the first hold) make a sequential scan look free. Either way the generic plan asyncpg caches
+        # then reads a whole table on every batch as the ledger grows.
+        await connection.execute("BEGIN; SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off")
+        try:
+            outcomes = await self._engine.execute(connection, operations)
+            await connection.execute("COMMIT")
+        except BaseException:
+            if not connection.is_closed() and connection.is_in_transaction():
+                with contextlib.suppress(Exception):
+                    await connection.execute("ROLLBACK")
+            raise
+        return outcomes
 
 
 def _fail(items: list[tuple[AnyOperation, asyncio.Future[Outcome]]], error: LedgerUnavailable) -> None:

@@ -10,6 +10,7 @@ nothing. Only this module writes balances.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -129,47 +130,33 @@ class Engine:
         system_ids = await self.system_account_ids(connection)
         user_ids = sorted({operations[index].user_id for index in valid})
         users = await _lock_users(connection, user_ids)
-        keys = [operations[index].key for index in valid]
-        stored = {
-            row["idempotency_key"]: row
-            for row in await connection.fetch(
-                "SELECT idempotency_key, request_hash, result FROM ledger_transactions "
-                "WHERE idempotency_key = ANY($1::text[])",
-                keys,
-            )
-        }
         hold_ids = sorted(
             {op.hold_id for index in valid if isinstance(op := operations[index], Capture | Void | Refund)}
         )
-        holds = await _load_holds(connection, hold_ids)
-        share_lot_ids = sorted({share.lot_id for record in holds.values() for share in record.hold.shares})
-        await _load_lots(connection, users, share_lot_ids)
-
-        refund_shares = sum(
-            len(holds[op.hold_id].hold.shares)
-            for index in valid
-            if isinstance(op := operations[index], Refund) and op.hold_id in holds
-        )
-        credits = sum(1 for index in valid if isinstance(operations[index], Credit))
-        holds_new = sum(1 for index in valid if isinstance(operations[index], Hold))
-        ids = await connection.fetchrow(
-            "SELECT"
-            " ARRAY(SELECT nextval('ledger_transactions_id_seq') FROM generate_series(1, $1)) AS transactions,"
-            " ARRAY(SELECT nextval('ledger_lots_id_seq') FROM generate_series(1, $2)) AS lots,"
-            " ARRAY(SELECT nextval('ledger_holds_id_seq') FROM generate_series(1, $3)) AS holds",
+        # A refund may give back to one new lot per share of its hold: lot ids for that many.
+        refunded_hold_ids = [op.hold_id for index in valid if isinstance(op := operations[index], Refund)]
+        read = await connection.fetchrow(
+            _READ_LOCKED,
+            arrays.texts([operations[index].key for index in valid]),
+            arrays.bigints(hold_ids),
+            arrays.texts(user_ids),
+            arrays.bigints(refunded_hold_ids),
             len(valid) + len(user_ids),
-            credits + refund_shares,
-            holds_new,
+            sum(1 for index in valid if isinstance(operations[index], Credit)),
+            sum(1 for index in valid if isinstance(operations[index], Hold)),
         )
-        assert ids is not None
+        assert read is not None
+        stored = {key: (bytes(request_hash), result) for key, request_hash, result in read["stored"]}
+        holds = _holds_from(read["holds"])
+        _add_lots(users, read["lots"])
         run = _Run(
             now=now,
             users=users,
             holds=holds,
             system_ids=system_ids,
-            transaction_ids=IdPool(ids["transactions"]),
-            lot_ids=IdPool(ids["lots"]),
-            hold_ids=IdPool(ids["holds"]),
+            transaction_ids=IdPool(read["transaction_ids"]),
+            lot_ids=IdPool(read["lot_ids"]),
+            hold_ids=IdPool(read["hold_ids"]),
         )
         # Keys this batch has written, as the database would have them: a refusal writes nothing and so
         # claims nothing, whether or not the retry shares its batch.
@@ -177,9 +164,9 @@ class Engine:
         for index in valid:
             operation = operations[index]
             request_hash = operation.request_hash()
-            row = stored.get(operation.key)
-            if row is not None:
-                outcomes[index] = _replay_or_conflict(operation.key, bytes(row["request_hash"]), request_hash, row)
+            found = stored.get(operation.key)
+            if found is not None:
+                outcomes[index] = _replay_or_conflict(operation.key, *found, request_hash)
                 continue
             earlier = written_in_batch.get(operation.key)
             if earlier is not None:
@@ -200,10 +187,10 @@ class Engine:
         await run.write(connection)
 
 
-def _replay_or_conflict(key: str, stored_hash: bytes, request_hash: bytes, row: asyncpg.Record) -> Outcome:
+def _replay_or_conflict(key: str, stored_hash: bytes, stored_result: str, request_hash: bytes) -> Outcome:
     if stored_hash != request_hash:
         return IdempotencyConflict(key)
-    return msgspec.structs.replace(_result_decoder.decode(row["result"]), replayed=True)
+    return msgspec.structs.replace(_result_decoder.decode(stored_result), replayed=True)
 
 
 @dataclass(slots=True)
@@ -400,7 +387,10 @@ class _Run:
     async def write(self, connection: Connection) -> None:
         if not self.transactions:
             return
-        await connection.execute(
+        # One statement, one round trip: each write is a data-modifying WITH clause. The tables' statement
+        # triggers fire once the whole statement is done, so each check sees every row the batch wrote.
+        statement = _Statement()
+        statement.add(
             """
             INSERT INTO ledger_transactions
                 (id, kind, idempotency_key, request_hash, user_id, reference, reverses_transaction_id,
@@ -431,7 +421,7 @@ class _Run:
                 elif lot.changed:
                     changed_lots.append((lot.id, lot.remaining, lot.expired_at))
         if new_lots:
-            await connection.execute(
+            statement.add(
                 """
                 INSERT INTO ledger_lots
                     (id, user_id, category, amount, remaining, expires_at, expired_at, source_transaction_id)
@@ -477,7 +467,7 @@ class _Run:
                     )
                 )
         if new_holds:
-            await connection.execute(
+            statement.add(
                 """
                 INSERT INTO ledger_holds
                     (id, user_id, amount, status, captured, refunded, expires_at, reference,
@@ -496,7 +486,7 @@ class _Run:
                 """,
                 *_encoded(new_holds, _NEW_HOLD_COLUMNS),
             )
-        await connection.execute(
+        statement.add(
             """
             INSERT INTO ledger_postings (transaction_id, account_id, amount)
             SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::bigint[])
@@ -504,7 +494,7 @@ class _Run:
             *_encoded(self.postings, (arrays.bigints,) * 3),
         )
         if changed_lots:
-            await connection.execute(
+            statement.add(
                 """
                 UPDATE ledger_lots AS lot SET remaining = change.remaining, expired_at = change.expired_at
                 FROM unnest($1::text::bigint[], $2::text::bigint[], $3::timestamptz[])
@@ -514,7 +504,7 @@ class _Run:
                 *_encoded(changed_lots, (arrays.bigints, arrays.bigints, list)),
             )
         if changed_holds:
-            await connection.execute(
+            statement.add(
                 """
                 UPDATE ledger_holds AS hold
                 SET status = change.status, captured = change.captured, refunded = change.refunded,
@@ -533,7 +523,7 @@ class _Run:
             for user in self.users.values()
             if user.touched
         ]
-        await connection.execute(
+        statement.add(
             """
             UPDATE ledger_balances AS balance
             SET available = change.available, held = change.held, owed = change.owed,
@@ -544,6 +534,27 @@ class _Run:
             """,
             *_encoded(touched, (arrays.texts,) + (arrays.bigints,) * 3),
         )
+        await statement.execute(connection)
+
+
+class _Statement:
+    """Data-modifying statements joined into one: `WITH w0 AS (...), w1 AS (...) SELECT`."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._arguments: list[Any] = []
+
+    def add(self, sql: str, *arguments: Any) -> None:
+        offset = len(self._arguments)
+        renumbered = _PARAMETER.sub(lambda match: f"${int(match.group(1)) + offset}", sql.strip())
+        self._parts.append(f"w{len(self._parts)} AS ({renumbered})")
+        self._arguments.extend(arguments)
+
+    async def execute(self, connection: Connection) -> None:
+        await connection.execute("WITH " + ",\n".join(self._parts) + "\nSELECT", *self._arguments)
+
+
+_PARAMETER = re.compile(r"\$(\d+)")
 
 
 def _array_literal(values: Iterable[int]) -> str:
@@ -659,60 +670,83 @@ ON CONFLICT (user_id) DO NOTHING
 """
 
 
-async def _load_holds(connection: Connection, hold_ids: list[int]) -> dict[int, _HoldRecord]:
-    if not hold_ids:
-        return {}
-    rows = await connection.fetch(
-        """
-        SELECT id, user_id, amount, status, captured, refunded, expires_at, reference, hold_transaction_id,
-               settle_transaction_id, settled_at, share_lot_ids, share_drawn, share_returned, share_refunded
-        FROM ledger_holds WHERE id = ANY($1::bigint[])
-        """,
-        hold_ids,
-    )
+# Everything a batch reads once its users are locked, in one round trip: results stored under its keys,
+# the holds it names, its users' lots (spendable ones, and any those holds drew from), and fresh ids.
+# It must run after the lock, as its own statement: a statement's snapshot is taken when it starts.
+_READ_LOCKED = """
+WITH holds AS MATERIALIZED (
+    SELECT id, user_id, amount, status, captured, refunded, expires_at, reference, hold_transaction_id,
+           settle_transaction_id, settled_at, share_lot_ids, share_drawn, share_returned, share_refunded
+    FROM ledger_holds WHERE id = ANY($2::text::bigint[])
+)
+SELECT
+    ARRAY(SELECT ROW(idempotency_key, request_hash, result::text) FROM ledger_transactions
+          WHERE idempotency_key = ANY($1::text::text[])) AS stored,
+    ARRAY(SELECT ROW(holds.*) FROM holds) AS holds,
+    ARRAY(SELECT ROW(id, user_id, category, amount, remaining, expires_at, expired_at) FROM ledger_lots
+          WHERE user_id = ANY($3::text::text[])
+            AND (remaining > 0 OR id = ANY(ARRAY(SELECT unnest(share_lot_ids) FROM holds)))) AS lots,
+    ARRAY(SELECT nextval('ledger_transactions_id_seq') FROM generate_series(1, $5)) AS transaction_ids,
+    ARRAY(SELECT nextval('ledger_lots_id_seq') FROM generate_series(1, $6 + (
+        SELECT coalesce(sum(cardinality(holds.share_lot_ids)), 0)::int
+        FROM unnest($4::text::bigint[]) AS refund (hold_id) JOIN holds ON holds.id = refund.hold_id
+    ))) AS lot_ids,
+    ARRAY(SELECT nextval('ledger_holds_id_seq') FROM generate_series(1, $7)) AS hold_ids
+"""
+
+
+def _holds_from(rows: Iterable[Sequence[Any]]) -> dict[int, _HoldRecord]:
     holds = {}
-    for row in rows:
+    for (
+        hold_id,
+        user_id,
+        amount,
+        status,
+        captured,
+        refunded,
+        expires_at,
+        reference,
+        hold_transaction_id,
+        settle_transaction_id,
+        settled_at,
+        share_lot_ids,
+        share_drawn,
+        share_returned,
+        share_refunded,
+    ) in rows:
         shares = [
-            rules.Share(lot_id=lot_id, drawn=drawn, returned=returned, refunded=refunded)
-            for lot_id, drawn, returned, refunded in zip(
-                row["share_lot_ids"], row["share_drawn"], row["share_returned"], row["share_refunded"], strict=True
+            rules.Share(lot_id=lot_id, drawn=drawn, returned=returned, refunded=refunded_share)
+            for lot_id, drawn, returned, refunded_share in zip(
+                share_lot_ids, share_drawn, share_returned, share_refunded, strict=True
             )
         ]
         hold = rules.Hold(
-            id=row["id"],
-            user_id=row["user_id"],
-            amount=row["amount"],
-            status=row["status"],
-            expires_at=row["expires_at"],
+            id=hold_id,
+            user_id=user_id,
+            amount=amount,
+            status=status,
+            expires_at=expires_at,
             shares=shares,
-            captured=row["captured"],
-            refunded=row["refunded"],
+            captured=captured,
+            refunded=refunded,
         )
-        holds[hold.id] = _HoldRecord(
+        holds[hold_id] = _HoldRecord(
             hold=hold,
-            reference=row["reference"],
-            hold_transaction_id=row["hold_transaction_id"],
-            settle_transaction_id=row["settle_transaction_id"],
-            settled_at=row["settled_at"],
+            reference=reference,
+            hold_transaction_id=hold_transaction_id,
+            settle_transaction_id=settle_transaction_id,
+            settled_at=settled_at,
         )
     return holds
 
 
-async def _load_lots(connection: Connection, users: dict[str, _User], lot_ids: list[int]) -> None:
-    rows = await connection.fetch(
-        """
-        SELECT id, user_id, category, amount, remaining, expires_at, expired_at FROM ledger_lots
-        WHERE user_id = ANY($1::text[]) AND (remaining > 0 OR id = ANY($2::bigint[]))
-        """,
-        list(users),
-        lot_ids,
-    )
-    for row in rows:
-        users[row["user_id"]].state.lots[row["id"]] = rules.Lot(
-            id=row["id"],
-            category=row["category"],
-            amount=row["amount"],
-            remaining=row["remaining"],
-            expires_at=row["expires_at"],
-            expired_at=row["expired_at"],
+def _add_lots(users: dict[str, _User], rows: Iterable[Sequence[Any]]) -> None:
+    for lot_id, user_id, category, amount, remaining, expires_at, expired_at in rows:
+        users[user_id].state.lots[lot_id] = rules.Lot(
+            id=lot_id,
+            category=category,
+            amount=amount,
+            remaining=remaining,
+            expires_at=expires_at,
+            expired_at=expired_at,
         )

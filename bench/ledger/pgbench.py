@@ -52,18 +52,26 @@ class Pgbench:
     def initialize(self) -> None:
         """The standard tables at scale 10 (1,000,000 accounts), plus the one-row table `hot`."""
         self._run(["-i", "-q", "-s", str(SCALE)], timeout_s=600)
+        self._psql(
+            "creating the hot-row table",
+            [
+                "CREATE TABLE hot (id integer PRIMARY KEY, v bigint NOT NULL)",
+                "INSERT INTO hot VALUES (1, 0)",
+                "VACUUM ANALYZE hot",
+            ],
+        )
+
+    def _psql(self, what: str, statements: list[str]) -> None:
         psql = [str(binary("psql")), *self._connection, "-v", "ON_ERROR_STOP=1", "-q", "-d", self._database]
-        statements = [
-            "CREATE TABLE hot (id integer PRIMARY KEY, v bigint NOT NULL)",
-            "INSERT INTO hot VALUES (1, 0)",
-            "VACUUM ANALYZE hot",
-        ]
         arguments = [argument for statement in statements for argument in ("-c", statement)]
-        done = subprocess.run([*psql, *arguments], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run([*psql, *arguments], capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
-            raise PgbenchError(f"creating the hot-row table failed: {done.stderr}")
+            raise PgbenchError(f"{what} failed: {done.stderr}")
 
     def _measure(self, name: str, args: list[str], duration_s: int) -> PgbenchResult:
+        # Every figure, PostgreSQL's and the ledger's, starts from a checkpoint: no dirty buffers left by
+        # the figure before it to write out during this one.
+        self._psql("CHECKPOINT", ["CHECKPOINT"])
         children = cpu.postgres_children(self._postmaster_pid)
         start = cpu.sample(self._postmaster_pid)
         output = self._run(

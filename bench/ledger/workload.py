@@ -34,7 +34,7 @@ FROM pg_stat_database WHERE datname = current_database()
 @dataclass
 class BatchProbe:
     """Counts the batches the engine executes and times them: the engine's work (reads, rules, writes)
-    and, around it, the whole batch (pool acquire + BEGIN + engine + COMMIT)."""
+    and, around it, the batch's whole database transaction (BEGIN + engine + COMMIT)."""
 
     measuring: bool = False
     sizes: list[int] = field(default_factory=list)
@@ -59,15 +59,15 @@ class BatchProbe:
 
         led.engine.execute = timed_engine  # type: ignore[method-assign]
         batcher = getattr(led, "_batcher", None)
-        batch_execute: Callable[[list[Any]], Awaitable[Any]] | None = getattr(batcher, "_execute", None)
+        batch_execute: Callable[[Any, list[Any]], Awaitable[Any]] | None = getattr(batcher, "_execute", None)
         if batcher is None or batch_execute is None:
             return
         inner = batch_execute
 
-        async def timed_batch(operations: list[Any]) -> Any:
+        async def timed_batch(connection: Any, operations: list[Any]) -> Any:
             started = time.perf_counter()
             try:
-                return await inner(operations)
+                return await inner(connection, operations)
             finally:
                 if self.measuring:
                     self.batch_s.append(time.perf_counter() - started)
