@@ -120,12 +120,7 @@ class Batcher:
 
     async def _execute(self, connection: Connection, operations: list[AnyOperation]) -> list[Outcome]:
         """One database transaction for the batch; returns once it has committed."""
-        # BEGIN and the settings in one round trip. A batch reaches every row by key and its pages are
-        # cached, so its plans must probe indexes. Priced at the default random_page_cost, index probes
-        # lose to sequential scans; and statistics taken while a table was small (the holds table is empty
-        # until the first hold) make a sequential scan look free. Either way the generic plan asyncpg caches
-        # then reads a whole table on every batch as the ledger grows.
-        await connection.execute("BEGIN; SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off")
+        await connection.execute(_BEGIN)
         try:
             outcomes = await self._engine.execute(connection, operations)
             await connection.execute("COMMIT")
@@ -135,6 +130,17 @@ class Batcher:
                     await connection.execute("ROLLBACK")
             raise
         return outcomes
+
+
+# BEGIN and the settings in one round trip. A batch reaches a few hundred rows by key and their pages are
+# cached, so its plans must probe indexes. Priced at the default random_page_cost, index probes lose to
+# sequential scans; and statistics taken while a table was small (the holds table is empty until the
+# first hold) make a sequential scan, or one scan kept in memory and joined row by row, look free.
+# Either way the generic plan asyncpg caches then reads a whole table on every batch as the ledger grows.
+_BEGIN = (
+    "BEGIN; SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off;"
+    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+)
 
 
 def _fail(items: list[tuple[AnyOperation, asyncio.Future[Outcome]]], error: LedgerUnavailable) -> None:

@@ -246,10 +246,38 @@ async def test_0007_moves_existing_shares_into_their_holds(empty_database: str, 
     await migrations.apply(empty_database, migrations_copy)
     pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=3)
     try:
-        async with L.Ledger(pool) as led:
+        # Raw SQL throughout: the engine of today reads columns a ledger before 0007 does not have.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO ledger_accounts (code, kind, user_id) VALUES"
+                " ('user:u1:available', 'user_available', 'u1'), ('user:u1:held', 'user_held', 'u1'),"
+                " ('user:u1:debt', 'user_debt', 'u1')"
+            )
+            await conn.execute(
+                "INSERT INTO ledger_balances"
+                " (user_id, available_account_id, held_account_id, debt_account_id, available)"
+                " SELECT 'u1', max(id) FILTER (WHERE kind = 'user_available'),"
+                " max(id) FILTER (WHERE kind = 'user_held'), max(id) FILTER (WHERE kind = 'user_debt'), 12"
+                " FROM ledger_accounts WHERE user_id = 'u1'"
+            )
             for key, category in (("paid", "paid"), ("promo", "promotional")):
-                await led.submit(
-                    L.Credit(key=key, user_id="u1", actor="test", amount=6, kind="purchase", category=category)
+                credit_tx = await conn.fetchval(
+                    "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result) "
+                    "VALUES ('purchase', $1, $2, 'u1', 'test', '{}') RETURNING id",
+                    key,
+                    bytes(32),
+                )
+                await conn.execute(
+                    "INSERT INTO ledger_postings (transaction_id, account_id, amount) SELECT $1, id,"
+                    " CASE WHEN code = 'system:sales' THEN -6 ELSE 6 END FROM ledger_accounts"
+                    " WHERE code IN ('system:sales', 'user:u1:available')",
+                    credit_tx,
+                )
+                await conn.execute(
+                    "INSERT INTO ledger_lots (user_id, category, amount, remaining, source_transaction_id)"
+                    " VALUES ('u1', $1, 6, 6, $2)",
+                    category,
+                    credit_tx,
                 )
         lots = await pool.fetch("SELECT id, category FROM ledger_lots ORDER BY id")
         paid, promotional = (row["id"] for row in lots)
