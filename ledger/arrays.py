@@ -16,6 +16,7 @@ _SEPARATOR = "\x00"
 
 
 def bigints(values: Iterable[int | None]) -> str:
+    """Integer elements, any of them NULL. Only ints: ids from the database and validated amounts."""
     # str(None) is "None", which no integer's text contains.
     return "{" + ",".join(map(str, values)).replace("None", "NULL") + "}"
 

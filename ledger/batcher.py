@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from ledger.engine import Connection, Engine, Outcome
+from ledger.engine import PLAN_SETTINGS, Connection, Engine, Outcome
 from ledger.operations import AnyOperation, LedgerUnavailable
 
 log = structlog.get_logger("moments.ledger.batcher")
@@ -99,6 +99,7 @@ class Batcher:
     async def _run(self, batch: list[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
         operations = [operation for operation, _ in batch]
         for attempt in range(1, self._settings.batch_attempts_max + 1):
+            answered = False
             try:
                 async with self._pool.acquire() as connection:
                     outcomes = await self._execute(connection, operations)
@@ -106,8 +107,14 @@ class Batcher:
                     for (_, future), outcome in zip(batch, outcomes, strict=True):
                         if not future.done():
                             future.set_result(outcome)
+                    answered = True
+                return
+            except Exception as error:
+                if answered:  # returning the connection failed; the batch itself committed
+                    log.warning("ledger_connection_release_failed", error=repr(error))
                     return
-            except asyncpg.PostgresError as error:
+                if not isinstance(error, asyncpg.PostgresError):
+                    raise
                 if error.sqlstate not in RETRYABLE_SQLSTATES:
                     break
                 log.info("ledger_batch_retry", attempt=attempt, sqlstate=error.sqlstate, size=len(batch))
@@ -120,27 +127,20 @@ class Batcher:
 
     async def _execute(self, connection: Connection, operations: list[AnyOperation]) -> list[Outcome]:
         """One database transaction for the batch; returns once it has committed."""
-        await connection.execute(_BEGIN)
+        # BEGIN and the planner settings in one round trip.
+        await connection.execute(f"BEGIN; {PLAN_SETTINGS}")
         try:
-            outcomes = await self._engine.execute(connection, operations)
-            await connection.execute("COMMIT")
+            outcomes = await self._engine.execute(connection, operations, planned=True)
+            # COMMIT of a transaction that failed is answered ROLLBACK, not an error.
+            status = await connection.execute("COMMIT")
+            if status != "COMMIT":
+                raise LedgerUnavailable(f"the batch's transaction ended with {status}")
         except BaseException:
             if not connection.is_closed() and connection.is_in_transaction():
                 with contextlib.suppress(Exception):
                     await connection.execute("ROLLBACK")
             raise
         return outcomes
-
-
-# BEGIN and the settings in one round trip. A batch reaches a few hundred rows by key and their pages are
-# cached, so its plans must probe indexes. Priced at the default random_page_cost, index probes lose to
-# sequential scans; and statistics taken while a table was small (the holds table is empty until the
-# first hold) make a sequential scan, or one scan kept in memory and joined row by row, look free.
-# Either way the generic plan asyncpg caches then reads a whole table on every batch as the ledger grows.
-_BEGIN = (
-    "BEGIN; SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off;"
-    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-)
 
 
 def _fail(items: list[tuple[AnyOperation, asyncio.Future[Outcome]]], error: LedgerUnavailable) -> None:

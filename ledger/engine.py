@@ -49,6 +49,16 @@ CREDIT_SOURCE = {
 }
 AUTO_EXPIRY_ACTOR = "system:expiry"
 
+# A batch reaches a few hundred rows by key and their pages are cached, so its plans must probe indexes.
+# Priced at the default random_page_cost, index probes lose to sequential scans; and statistics taken
+# while a table was small (the holds table is empty until the first hold) make a sequential scan, or one
+# scan kept in memory and joined row by row, look free. Either way the generic plan asyncpg caches (per
+# connection, whichever transaction planned it first) then reads a whole table per batch as the ledger
+# grows. SET LOCAL: they end with the transaction.
+PLAN_SETTINGS = (
+    "SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off;"
+    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+)
 _result_decoder = msgspec.json.Decoder(Result)
 _result_encoder = msgspec.json.Encoder()
 
@@ -101,9 +111,14 @@ class Engine:
         operations: Sequence[AnyOperation],
         *,
         now: datetime | None = None,
+        planned: bool = False,
     ) -> list[Outcome]:
-        """Applies `operations` in order inside the caller's open transaction."""
+        """Applies `operations` in order inside the caller's open transaction. `planned`: the transaction
+        already runs with PLAN_SETTINGS (the batcher sets them with its BEGIN)."""
         assert connection.is_in_transaction(), "the ledger writes only inside a transaction"
+        if not planned:
+            # For the rest of the caller's transaction too: a plan cached now is reused by later batches.
+            await connection.execute(PLAN_SETTINGS)
         now = now or datetime.now(UTC)
         outcomes: list[Outcome | None] = [None] * len(operations)
         valid: list[int] = []

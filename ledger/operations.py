@@ -129,3 +129,10 @@ def validate(operation: AnyOperation) -> None:
         raise InvalidOperation(f"reason must be at most {REASON_CHARS_MAX} characters")
     if operation.reference is not None and len(operation.reference) > REFERENCE_CHARS_MAX:
         raise InvalidOperation(f"reference must be at most {REFERENCE_CHARS_MAX} characters")
+    # Ids travel to PostgreSQL inside array literals (ledger/arrays.py): only integers may.
+    for name, value in (
+        ("hold_id", getattr(operation, "hold_id", None)),
+        ("lot_id", getattr(operation, "lot_id", None)),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidOperation(f"{name} must be a positive whole number")

@@ -3,6 +3,7 @@ travels through the engine unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -50,7 +51,7 @@ async def test_hostile_text_is_stored_as_given_and_replays(pool: asyncpg.Pool) -
         credits = [
             L.Credit(
                 key=f"k{index}{text}",
-                user_id="u1",
+                user_id=f"u{index}{text}" if text else "u-empty",
                 actor=f"support:{text}",
                 reason=text,
                 reference=text or None,
@@ -60,13 +61,16 @@ async def test_hostile_text_is_stored_as_given_and_replays(pool: asyncpg.Pool) -
             )
             for index, text in enumerate(HOSTILE)
         ]
-        results = [await led.submit(credit) for credit in credits]
+        # All at once, so that they share batches: columns of many rows, not one.
+        results = await asyncio.gather(*(led.submit(credit) for credit in credits))
         rows: list[Any] = await pool.fetch(
-            "SELECT idempotency_key, actor, reason, reference FROM ledger_transactions ORDER BY id"
+            "SELECT idempotency_key, user_id, actor, reason, reference FROM ledger_transactions ORDER BY id"
         )
-        assert [(r["idempotency_key"], r["actor"], r["reason"], r["reference"]) for r in rows] == [
-            (c.key, c.actor, c.reason, c.reference) for c in credits
-        ]
+        assert sorted(
+            (r["idempotency_key"], r["user_id"], r["actor"], r["reason"], r["reference"]) for r in rows
+        ) == sorted((c.key, c.user_id, c.actor, c.reason, c.reference) for c in credits)
+        for credit in credits:
+            assert await led.balances(credit.user_id) == L.Balances(available=1, held=0, owed=0)
         # The stored request hash is the one each request makes again: the same request replays.
         for credit, first in zip(credits, results, strict=True):
             again = await led.submit(credit)

@@ -340,11 +340,14 @@ async def test_a_hold_cannot_be_rewritten(led: L.Ledger, conn: Any) -> None:
         L.Hold(key="h", user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
     )
     await led.submit(L.Capture(key="c", user_id="u1", actor="test", hold_id=hold.hold_id, amount=6))
+    await led.submit(L.Refund(key="r", user_id="u1", actor="test", hold_id=hold.hold_id, amount=2, reason="test"))
     for assignment in (
         "amount = 11",
         "user_id = 'u2'",
         "captured = 5",
+        "refunded = 1",
         "hold_transaction_id = hold_transaction_id + 1",
+        "settle_transaction_id = hold_transaction_id",
     ):
         with check_violation(rf"hold {hold.hold_id} may not be rewritten"):
             await conn.execute(f"UPDATE ledger_holds SET {assignment} WHERE id = $1", hold.hold_id)
