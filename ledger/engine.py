@@ -9,6 +9,8 @@ nothing. Only this module writes balances.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,6 +57,9 @@ AUTO_EXPIRY_ACTOR = "system:expiry"
 # scan kept in memory and joined row by row, look free. Either way the generic plan asyncpg caches (per
 # connection, whichever transaction planned it first) then reads a whole table per batch as the ledger
 # grows. SET LOCAL: they end with the transaction.
+# Batches of at least this many operations are written in two statements, the first with this share.
+SPLIT_OPERATIONS_MIN = 64
+FIRST_PART_SHARE = 0.4
 PLAN_SETTINGS = (
     "SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off;"
     " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
@@ -176,30 +181,51 @@ class Engine:
         # Keys this batch has written, as the database would have them: a refusal writes nothing and so
         # claims nothing, whether or not the retry shares its batch.
         written_in_batch: dict[str, tuple[bytes, Result]] = {}
-        for index in valid:
-            operation = operations[index]
-            request_hash = operation.request_hash()
-            found = stored.get(operation.key)
-            if found is not None:
-                outcomes[index] = _replay_or_conflict(operation.key, *found, request_hash)
-                continue
-            earlier = written_in_batch.get(operation.key)
-            if earlier is not None:
-                earlier_hash, earlier_result = earlier
-                outcomes[index] = (
-                    msgspec.structs.replace(earlier_result, replayed=True)
-                    if earlier_hash == request_hash
-                    else IdempotencyConflict(operation.key)
-                )
-                continue
-            try:
-                outcome: Outcome = run.apply(operation, request_hash)
-            except LedgerRuleError as refused:
-                outcome = refused
-            outcomes[index] = outcome
-            if isinstance(outcome, Result) and outcome.transaction_id is not None:
-                written_in_batch[operation.key] = (request_hash, outcome)
-        await run.write(connection)
+        # A large batch is applied and written in two parts: the first part's statement runs in PostgreSQL
+        # while Python applies the rules of the second.
+        split = int(len(valid) * FIRST_PART_SHARE) if len(valid) >= SPLIT_OPERATIONS_MIN else len(valid)
+        writing: asyncio.Task[None] | None = None
+        try:
+            for part, last in ((valid[:split], False), (valid[split:], True)):
+                for index in part:
+                    operation = operations[index]
+                    request_hash = operation.request_hash()
+                    found = stored.get(operation.key)
+                    if found is not None:
+                        outcomes[index] = _replay_or_conflict(operation.key, *found, request_hash)
+                        continue
+                    earlier = written_in_batch.get(operation.key)
+                    if earlier is not None:
+                        earlier_hash, earlier_result = earlier
+                        outcomes[index] = (
+                            msgspec.structs.replace(earlier_result, replayed=True)
+                            if earlier_hash == request_hash
+                            else IdempotencyConflict(operation.key)
+                        )
+                        continue
+                    try:
+                        outcome: Outcome = run.apply(operation, request_hash)
+                    except LedgerRuleError as refused:
+                        outcome = refused
+                    outcomes[index] = outcome
+                    if isinstance(outcome, Result) and outcome.transaction_id is not None:
+                        written_in_batch[operation.key] = (request_hash, outcome)
+                statement = run.statement(final=last)
+                if writing is not None:
+                    await writing
+                    writing = None
+                if statement is None:
+                    continue
+                if last:
+                    await statement.execute(connection)
+                else:
+                    writing = asyncio.create_task(statement.execute(connection))
+                    await asyncio.sleep(0)  # sends it
+        finally:
+            if writing is not None:
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
 
 
 def _replay_or_conflict(key: str, stored_hash: bytes, stored_result: str, request_hash: bytes) -> Outcome:
@@ -399,9 +425,11 @@ class _Run:
             account_id = user.account_ids.get(account) or self.system_ids[account]
             self.postings.append((transaction_id, account_id, amount))
 
-    async def write(self, connection: Connection) -> None:
+    def statement(self, *, final: bool) -> _Statement | None:
+        """What was applied since the last statement, as one statement (None: nothing to write). Only the
+        final one writes the balances, which do not change what the others wrote."""
         if not self.transactions:
-            return
+            return self._balances_statement() if final else None
         # One statement, one round trip: each write is a data-modifying WITH clause. The tables' statement
         # triggers fire once the whole statement is done, so each check sees every row the batch wrote.
         statement = _Statement()
@@ -533,11 +561,29 @@ class _Run:
                 """,
                 *_encoded(changed_holds, _CHANGED_HOLD_COLUMNS),
             )
+        # Written: what the next statement writes is only what changes after this.
+        self.transactions, self.postings = [], []
+        for user in self.users.values():
+            for lot in user.state.lots.values():
+                lot.new = lot.changed = False
+        for record in self.holds.values():
+            record.hold.new = record.hold.changed = False
+        if final:
+            self._add_balances(statement)
+        return statement
+
+    def _balances_statement(self) -> _Statement | None:
+        statement = _Statement()
+        return statement if self._add_balances(statement) else None
+
+    def _add_balances(self, statement: _Statement) -> bool:
         touched = [
             (user.state.user_id, user.state.available, user.state.held, user.state.owed)
             for user in self.users.values()
             if user.touched
         ]
+        if not touched:
+            return False
         statement.add(
             """
             UPDATE ledger_balances AS balance
@@ -549,7 +595,7 @@ class _Run:
             """,
             *_encoded(touched, (arrays.texts,) + (arrays.bigints,) * 3),
         )
-        await statement.execute(connection)
+        return True
 
 
 class _Statement:

@@ -680,3 +680,26 @@ async def test_the_balance_check_survives_a_rolled_back_savepoint(led: L.Ledger,
         )
         await conn.execute("UPDATE ledger_balances SET available = available + 5 WHERE user_id = 'u1'")
     await assert_audit_ok(led)
+
+
+async def test_a_large_call_written_in_two_statements_adds_up(led: L.Ledger, pool: asyncpg.Pool) -> None:
+    """A call of at least SPLIT_OPERATIONS_MIN operations is written in two statements: lots created by
+    the first are drawn from by holds of the second, which must update rows the first inserted."""
+    from ledger.engine import SPLIT_OPERATIONS_MIN
+
+    credits = [
+        L.Credit(key=f"c{n}", user_id="u1", actor="test", amount=1, kind="grant", category="promotional")
+        for n in range(40)
+    ]
+    holds = [
+        L.Hold(key=f"h{n}", user_id="u1", actor="test", amount=1, expires_at=datetime.now(UTC) + timedelta(minutes=5))
+        for n in range(40)
+    ]
+    assert len(credits) + len(holds) >= SPLIT_OPERATIONS_MIN
+    async with pool.acquire() as connection, connection.transaction():
+        outcomes = await led.execute_in(connection, [*credits, *holds])
+    assert all(isinstance(outcome, L.Result) for outcome in outcomes)
+    assert await led.balances("u1") == L.Balances(available=0, held=40, owed=0)
+    assert await pool.fetchval("SELECT sum(remaining) FROM ledger_lots WHERE user_id = 'u1'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM ledger_holds WHERE user_id = 'u1'") == 40
+    await assert_audit_ok(led)
