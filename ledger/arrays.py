@@ -30,19 +30,17 @@ def texts(values: Sequence[str]) -> str:
         # A NUL inside a value would be taken for a separator: escape one by one instead, and let
         # PostgreSQL refuse the NUL it then receives.
         return optional_texts(values)
-    escaped = joined.replace("\\", "\\\\").replace('"', '\\"')
-    return '{"' + escaped.replace(_SEPARATOR, '","') + '"}'
+    return '{"' + _escaped(joined).replace(_SEPARATOR, '","') + '"}'
 
 
 def optional_texts(values: Iterable[str | None]) -> str:
     """Text elements, any of them NULL."""
-    return (
-        "{"
-        + ",".join(
-            "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values
-        )
-        + "}"
-    )
+    return "{" + ",".join("NULL" if value is None else '"' + _escaped(value) + '"' for value in values) + "}"
+
+
+def _escaped(text: str) -> str:
+    """Text as inside a double-quoted array element: backslash first, then the quote."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def byteas(values: Iterable[bytes]) -> str:

@@ -57,13 +57,13 @@ AUTO_EXPIRY_ACTOR = "system:expiry"
 # scan kept in memory and joined row by row, look free. Either way the generic plan asyncpg caches (per
 # connection, whichever transaction planned it first) then reads a whole table per batch as the ledger
 # grows. SET LOCAL: they end with the transaction.
-# Batches of at least this many operations are written in two statements, the first with this share.
-SPLIT_OPERATIONS_MIN = 64
-FIRST_PART_SHARE = 0.4
 PLAN_SETTINGS = (
     "SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off;"
     " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 )
+# Batches of at least this many operations are written in two statements, the first with this share.
+SPLIT_OPERATIONS_MIN = 64
+FIRST_PART_SHARE = 0.4
 _result_decoder = msgspec.json.Decoder(Result)
 _result_encoder = msgspec.json.Encoder()
 
@@ -188,28 +188,7 @@ class Engine:
         try:
             for part, last in ((valid[:split], False), (valid[split:], True)):
                 for index in part:
-                    operation = operations[index]
-                    request_hash = operation.request_hash()
-                    found = stored.get(operation.key)
-                    if found is not None:
-                        outcomes[index] = _replay_or_conflict(operation.key, *found, request_hash)
-                        continue
-                    earlier = written_in_batch.get(operation.key)
-                    if earlier is not None:
-                        earlier_hash, earlier_result = earlier
-                        outcomes[index] = (
-                            msgspec.structs.replace(earlier_result, replayed=True)
-                            if earlier_hash == request_hash
-                            else IdempotencyConflict(operation.key)
-                        )
-                        continue
-                    try:
-                        outcome: Outcome = run.apply(operation, request_hash)
-                    except LedgerRuleError as refused:
-                        outcome = refused
-                    outcomes[index] = outcome
-                    if isinstance(outcome, Result) and outcome.transaction_id is not None:
-                        written_in_batch[operation.key] = (request_hash, outcome)
+                    outcomes[index] = _outcome_of(run, operations[index], stored, written_in_batch)
                 statement = run.statement(final=last)
                 if writing is not None:
                     await writing
@@ -226,6 +205,33 @@ class Engine:
                 writing.cancel()
                 with contextlib.suppress(BaseException):
                     await writing
+
+
+def _outcome_of(
+    run: _Run,
+    operation: AnyOperation,
+    stored: dict[str, tuple[bytes, str]],
+    written_in_batch: dict[str, tuple[bytes, Result]],
+) -> Outcome:
+    """One operation's outcome: a replay of what its key holds, or the rules applied (recording what a
+    written key now holds)."""
+    request_hash = operation.request_hash()
+    found = stored.get(operation.key)
+    if found is not None:
+        return _replay_or_conflict(operation.key, *found, request_hash)
+    earlier = written_in_batch.get(operation.key)
+    if earlier is not None:
+        earlier_hash, earlier_result = earlier
+        if earlier_hash != request_hash:
+            return IdempotencyConflict(operation.key)
+        return msgspec.structs.replace(earlier_result, replayed=True)
+    try:
+        outcome = run.apply(operation, request_hash)
+    except LedgerRuleError as refused:
+        return refused
+    if outcome.transaction_id is not None:
+        written_in_batch[operation.key] = (request_hash, outcome)
+    return outcome
 
 
 def _replay_or_conflict(key: str, stored_hash: bytes, stored_result: str, request_hash: bytes) -> Outcome:
@@ -428,11 +434,17 @@ class _Run:
     def statement(self, *, final: bool) -> _Statement | None:
         """What was applied since the last statement, as one statement (None: nothing to write). Only the
         final one writes the balances, which do not change what the others wrote."""
-        if not self.transactions:
-            return self._balances_statement() if final else None
         # One statement, one round trip: each write is a data-modifying WITH clause. The tables' statement
         # triggers fire once the whole statement is done, so each check sees every row the batch wrote.
         statement = _Statement()
+        if self.transactions:
+            self._add_rows(statement)
+        if final:
+            self._add_balances(statement)
+        return statement if statement.parts else None
+
+    def _add_rows(self, statement: _Statement) -> None:
+        """The ledger transactions, postings, lots and holds applied since the last statement."""
         statement.add(
             """
             INSERT INTO ledger_transactions
@@ -490,10 +502,10 @@ class _Run:
                         record.hold_transaction_id,
                         record.settle_transaction_id,
                         record.settled_at,
-                        _array_literal(share.lot_id for share in hold.shares),
-                        _array_literal(share.drawn for share in hold.shares),
-                        _array_literal(share.returned for share in hold.shares),
-                        _array_literal(share.refunded for share in hold.shares),
+                        arrays.bigints(share.lot_id for share in hold.shares),
+                        arrays.bigints(share.drawn for share in hold.shares),
+                        arrays.bigints(share.returned for share in hold.shares),
+                        arrays.bigints(share.refunded for share in hold.shares),
                     )
                 )
             elif hold.changed:
@@ -505,8 +517,8 @@ class _Run:
                         hold.refunded,
                         record.settle_transaction_id,
                         record.settled_at,
-                        _array_literal(share.returned for share in hold.shares),
-                        _array_literal(share.refunded for share in hold.shares),
+                        arrays.bigints(share.returned for share in hold.shares),
+                        arrays.bigints(share.refunded for share in hold.shares),
                     )
                 )
         if new_holds:
@@ -568,22 +580,15 @@ class _Run:
                 lot.new = lot.changed = False
         for record in self.holds.values():
             record.hold.new = record.hold.changed = False
-        if final:
-            self._add_balances(statement)
-        return statement
 
-    def _balances_statement(self) -> _Statement | None:
-        statement = _Statement()
-        return statement if self._add_balances(statement) else None
-
-    def _add_balances(self, statement: _Statement) -> bool:
+    def _add_balances(self, statement: _Statement) -> None:
         touched = [
             (user.state.user_id, user.state.available, user.state.held, user.state.owed)
             for user in self.users.values()
             if user.touched
         ]
         if not touched:
-            return False
+            return
         statement.add(
             """
             UPDATE ledger_balances AS balance
@@ -595,33 +600,26 @@ class _Run:
             """,
             *_encoded(touched, (arrays.texts,) + (arrays.bigints,) * 3),
         )
-        return True
 
 
 class _Statement:
     """Data-modifying statements joined into one: `WITH w0 AS (...), w1 AS (...) SELECT`."""
 
     def __init__(self) -> None:
-        self._parts: list[str] = []
+        self.parts: list[str] = []
         self._arguments: list[Any] = []
 
     def add(self, sql: str, *arguments: Any) -> None:
         offset = len(self._arguments)
         renumbered = _PARAMETER.sub(lambda match: f"${int(match.group(1)) + offset}", sql.strip())
-        self._parts.append(f"w{len(self._parts)} AS ({renumbered})")
+        self.parts.append(f"w{len(self.parts)} AS ({renumbered})")
         self._arguments.extend(arguments)
 
     async def execute(self, connection: Connection) -> None:
-        await connection.execute("WITH " + ",\n".join(self._parts) + "\nSELECT", *self._arguments)
+        await connection.execute("WITH " + ",\n".join(self.parts) + "\nSELECT", *self._arguments)
 
 
 _PARAMETER = re.compile(r"\$(\d+)")
-
-
-def _array_literal(values: Iterable[int]) -> str:
-    """A bigint[] as PostgreSQL's text form: unnest() would flatten an array of arrays, so each hold's
-    share arrays travel as one text element and are cast back to bigint[] by the statement."""
-    return "{" + ",".join(map(str, values)) + "}"
 
 
 # How each column of a batch's rows travels: as an array literal (see ledger/arrays.py), or, for
