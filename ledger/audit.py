@@ -54,18 +54,16 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
         "cached_balances_match_postings",
         "each user's cached available, held and owed equal the sums of their accounts' postings",
         """
-        SELECT b.user_id, b.available, b.held, b.owed, coalesce(s.available, 0) AS posted_available,
-               coalesce(s.held, 0) AS posted_held, -coalesce(s.debt, 0) AS posted_owed
+        -- One pass over all postings (a CTE named thrice is computed once): nothing indexes them by account.
+        WITH posted AS (SELECT account_id, sum(amount) AS total FROM ledger_postings GROUP BY account_id)
+        SELECT b.user_id, b.available, b.held, b.owed, coalesce(available.total, 0) AS posted_available,
+               coalesce(held.total, 0) AS posted_held, -coalesce(debt.total, 0) AS posted_owed
         FROM ledger_balances b
-        LEFT JOIN LATERAL (
-            SELECT sum(p.amount) FILTER (WHERE p.account_id = b.available_account_id) AS available,
-                   sum(p.amount) FILTER (WHERE p.account_id = b.held_account_id) AS held,
-                   sum(p.amount) FILTER (WHERE p.account_id = b.debt_account_id) AS debt
-            FROM ledger_postings p
-            WHERE p.account_id IN (b.available_account_id, b.held_account_id, b.debt_account_id)
-        ) s ON true
-        WHERE b.available <> coalesce(s.available, 0) OR b.held <> coalesce(s.held, 0)
-           OR b.owed <> -coalesce(s.debt, 0)
+        LEFT JOIN posted available ON available.account_id = b.available_account_id
+        LEFT JOIN posted held ON held.account_id = b.held_account_id
+        LEFT JOIN posted debt ON debt.account_id = b.debt_account_id
+        WHERE b.available <> coalesce(available.total, 0) OR b.held <> coalesce(held.total, 0)
+           OR b.owed <> -coalesce(debt.total, 0)
         """,
     ),
     (
@@ -122,13 +120,18 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "holds_settled_once",
-        "each ended hold has exactly one settling transaction of the right kind; open holds have none",
+        "each ended hold has exactly one settling transaction of the right kind, and each hold's transactions "
+        "name it (so none serves two holds); open holds have none",
         """
         SELECT h.id, h.status, t.kind
-        FROM ledger_holds h LEFT JOIN ledger_transactions t ON t.id = h.settle_transaction_id
+        FROM ledger_holds h
+        LEFT JOIN ledger_transactions t ON t.id = h.settle_transaction_id
+        LEFT JOIN ledger_transactions ht ON ht.id = h.hold_transaction_id
         WHERE (h.status = 'captured' AND t.kind IS DISTINCT FROM 'capture')
            OR (h.status IN ('voided', 'expired') AND t.kind IS DISTINCT FROM 'void')
            OR (h.status = 'open' AND h.settle_transaction_id IS NOT NULL)
+           OR (t.id IS NOT NULL AND (t.result ->> 'hold_id')::bigint IS DISTINCT FROM h.id)
+           OR ht.kind IS DISTINCT FROM 'hold' OR (ht.result ->> 'hold_id')::bigint IS DISTINCT FROM h.id
         """,
     ),
     (

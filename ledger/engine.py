@@ -452,7 +452,7 @@ class _Run:
                  actor, reason, result)
             SELECT * FROM unnest($1::text::bigint[], $2::text::text[], $3::text::text[], $4::text::bytea[],
                                  $5::text::text[], $6::text::text[], $7::text::bigint[], $8::text::text[],
-                                 $9::text::text[], $10::text::jsonb[])
+                                 $9::text::text[], $10::text::json[])
             ORDER BY 3
             """,
             *_encoded(self.transactions, _TRANSACTION_COLUMNS),

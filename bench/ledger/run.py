@@ -363,7 +363,8 @@ def render(report: Report) -> str:
         )
         lines.append(
             f"      database work per ledger op: {result.buffers_per_operation:.0f} buffer accesses, "
-            f"{result.tuples_per_operation:.0f} rows read (pg_stat_database)"
+            f"{result.tuples_per_operation:.0f} rows read (pg_stat_database); WAL "
+            f"{result.wal_bytes_per_operation:,.0f} bytes, {result.wal_full_pages_per_operation:.2f} full-page images"
         )
         lines.append(
             f"      batches: {batches.batches:,} ({batches.batches / result.measured_s:,.0f}/s), "

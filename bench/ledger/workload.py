@@ -24,9 +24,13 @@ HOLD_AMOUNT = 10
 HOLD_LIFETIME = timedelta(minutes=15)
 FUNDING_CONCURRENCY = 2_000
 # The database's work, counted by PostgreSQL itself (flushed by each backend about once a second):
-# buffers touched and rows read. Unlike CPU time, these do not grow when other programs share the machine.
+# buffers touched, rows read and WAL written (the server's, so it counts the ledger only while it runs
+# alone; full-page images as counted by pg_stat_wal). Unlike CPU time, these do not grow when other
+# programs share the machine.
 DATABASE_WORK = """
-SELECT blks_hit + blks_read AS buffers, tup_returned + tup_fetched AS tuples
+SELECT blks_hit + blks_read AS buffers, tup_returned + tup_fetched AS tuples,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal_bytes,
+       (SELECT wal_fpi FROM pg_stat_wal) AS wal_full_pages
 FROM pg_stat_database WHERE datname = current_database()
 """
 
@@ -116,6 +120,8 @@ class LifecycleResult:
     cpu: cpu.CpuUsage
     buffers_per_operation: float = 0.0
     tuples_per_operation: float = 0.0
+    wal_bytes_per_operation: float = 0.0
+    wal_full_pages_per_operation: float = 0.0
     captured_in_database: int | None = None
 
     @property
@@ -245,4 +251,6 @@ async def lifecycles(
         cpu=usage,
         buffers_per_operation=(work_end["buffers"] - work_start["buffers"]) / operations,
         tuples_per_operation=(work_end["tuples"] - work_start["tuples"]) / operations,
+        wal_bytes_per_operation=(work_end["wal_bytes"] - work_start["wal_bytes"]) / operations,
+        wal_full_pages_per_operation=(work_end["wal_full_pages"] - work_start["wal_full_pages"]) / operations,
     )

@@ -47,16 +47,21 @@ async def account_id(conn: Any, code: str) -> int:
     return int(found)
 
 
-async def insert_transaction(conn: Any, kind: str = "grant", user_id: str = "u1") -> int:
-    """A raw ledger_transactions row (no postings yet)."""
+async def insert_transaction(
+    conn: Any, kind: str = "grant", user_id: str = "u1", *, hold_id: int | None = None, reverses: int | None = None
+) -> int:
+    """A raw ledger_transactions row (no postings yet); a hold's or settlement's result names its hold."""
     return int(
         await conn.fetchval(
-            "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result) "
-            "VALUES ($1, $2, $3, $4, 'raw-sql', '{}'::jsonb) RETURNING id",
+            "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result, "
+            "reverses_transaction_id) VALUES ($1, $2, $3, $4, 'raw-sql', json_build_object('hold_id', $5::bigint), $6) "
+            "RETURNING id",
             kind,
             f"raw-{next(_keys)}",
             HASH,
             user_id,
+            hold_id,
+            reverses,
         )
     )
 
@@ -314,10 +319,19 @@ async def test_adding_balanced_postings_to_a_committed_transaction_is_refused(le
 
 
 @pytest.mark.parametrize(
-    ("end", "new_status"),
-    [("capture", "voided"), ("capture", "open"), ("void", "captured"), ("void", "expired"), ("expire", "voided")],
+    ("end", "new_status", "refusal"),
+    [
+        # A captured hold set to voided or open also breaks a CHECK of the row, which PostgreSQL tests first.
+        ("capture", "voided", "ledger_holds_check"),
+        ("capture", "open", "ledger_holds_check"),
+        ("void", "captured", "already ended as voided"),
+        ("void", "expired", "already ended as voided"),
+        ("expire", "voided", "already ended as expired"),
+    ],
 )
-async def test_a_hold_cannot_change_status_after_it_ended(led: L.Ledger, conn: Any, end: str, new_status: str) -> None:
+async def test_a_hold_cannot_change_status_after_it_ended(
+    led: L.Ledger, conn: Any, end: str, new_status: str, refusal: str
+) -> None:
     await credited(led)
     hold = await led.submit(
         L.Hold(key="h", user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
@@ -328,7 +342,7 @@ async def test_a_hold_cannot_change_status_after_it_ended(led: L.Ledger, conn: A
     else:
         await led.submit(L.Void(key="v", user_id="u1", actor="test", hold_id=hold.hold_id, expired=end == "expire"))
     status = await conn.fetchval("SELECT status FROM ledger_holds WHERE id = $1", hold.hold_id)
-    with check_violation(rf"hold {hold.hold_id} already ended as {status}"):
+    with check_violation(refusal):
         await conn.execute("UPDATE ledger_holds SET status = $2 WHERE id = $1", hold.hold_id, new_status)
     assert await conn.fetchval("SELECT status FROM ledger_holds WHERE id = $1", hold.hold_id) == status
     await assert_audit_ok(led)
@@ -543,19 +557,22 @@ async def test_a_holds_shares_name_lots_of_its_user_once_and_draw_its_amount(led
     hold = await led.submit(
         L.Hold(key="h", user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
     )
-    # A transaction no hold names yet (each hold transaction holds one hold).
-    hold_transaction_id = credit.transaction_id
     (lot_id,) = credit.lot_ids
 
     async def insert_hold(lot_ids: list[int], drawn: list[int]) -> None:
-        await conn.execute(
-            "INSERT INTO ledger_holds (user_id, amount, status, expires_at, hold_transaction_id, share_lot_ids, "
-            "share_drawn, share_returned, share_refunded) VALUES ('u1', 10, 'open', now(), $1, $2, $3, $4, $4)",
-            hold_transaction_id,
-            lot_ids,
-            drawn,
-            [0] * len(lot_ids),
-        )
+        """With a hold transaction of its own, as the engine writes it; the error rolls both back."""
+        async with conn.transaction():
+            new_hold_id = await conn.fetchval("SELECT nextval('ledger_holds_id_seq')")
+            await conn.execute(
+                "INSERT INTO ledger_holds (id, user_id, amount, status, expires_at, hold_transaction_id, "
+                "share_lot_ids, share_drawn, share_returned, share_refunded) "
+                "VALUES ($1, 'u1', 10, 'open', now(), $2, $3, $4, $5, $5)",
+                new_hold_id,
+                await insert_transaction(conn, "hold", hold_id=new_hold_id),
+                lot_ids,
+                drawn,
+                [0] * len(lot_ids),
+            )
 
     before = await conn.fetchval("SELECT count(*) FROM ledger_holds")
     with foreign_key_violation("names lot 777777 which does not exist"):
@@ -576,6 +593,62 @@ async def test_a_holds_shares_name_lots_of_its_user_once_and_draw_its_amount(led
     with check_violation(rf"hold {hold.hold_id} may not be rewritten"):
         await conn.execute("UPDATE ledger_holds SET share_drawn = '{9}' WHERE id = $1", hold.hold_id)
     await assert_audit_ok(led)
+
+
+async def test_a_ledger_transaction_creates_or_settles_one_hold_only(led: L.Ledger, conn: Any) -> None:
+    """What unique indexes on a hold's transactions guaranteed, the checks of migration 0009 guarantee: a
+    hold's transaction is a hold that names it, its settlement a capture or void that names it."""
+    credit = await credited(led)
+    first, second = [
+        await led.submit(
+            L.Hold(key=key, user_id="u1", actor="test", amount=10, expires_at=datetime.now(UTC) + timedelta(minutes=5))
+        )
+        for key in ("h1", "h2")
+    ]
+    assert first.hold_id is not None
+    assert second.hold_id is not None
+    captured = await led.submit(L.Capture(key="c1", user_id="u1", actor="test", hold_id=first.hold_id))
+    before = await conn.fetchval("SELECT count(*) FROM ledger_holds")
+    for hold_transaction_id in (first.transaction_id, credit.transaction_id):
+        with foreign_key_violation("names a ledger transaction which is not its own hold or settlement"):
+            await conn.execute(
+                "INSERT INTO ledger_holds (user_id, amount, status, expires_at, hold_transaction_id, share_lot_ids, "
+                "share_drawn, share_returned, share_refunded) VALUES ('u1', 10, 'open', now(), $1, $2, '{10}', "
+                "'{0}', '{0}')",
+                hold_transaction_id,
+                credit.lot_ids,
+            )
+    assert await conn.fetchval("SELECT count(*) FROM ledger_holds") == before
+    # Settled by the first hold's capture, or by a transaction that settles nothing.
+    for settle_transaction_id in (captured.transaction_id, credit.transaction_id):
+        with foreign_key_violation("names a settle transaction which is not its capture or void"):
+            await conn.execute(
+                "UPDATE ledger_holds SET status = 'voided', settle_transaction_id = $2, settled_at = now() "
+                "WHERE id = $1",
+                second.hold_id,
+                settle_transaction_id,
+            )
+    assert await conn.fetchval("SELECT status FROM ledger_holds WHERE id = $1", second.hold_id) == "open"
+    await assert_audit_ok(led)
+
+
+@pytest.mark.parametrize(
+    ("reversed_transaction", "refusal"),
+    [
+        ("missing", "reverses a transaction which does not exist"),
+        ("other_user", "reverses a transaction of another user"),
+    ],
+)
+async def test_a_ledger_transaction_reverses_an_existing_one_of_its_user(
+    led: L.Ledger, conn: Any, reversed_transaction: str, refusal: str
+) -> None:
+    await credited(led)
+    other = await credited(led, "u2")
+    before = await ledger_counts(conn)
+    reverses = 777_777 if reversed_transaction == "missing" else other.transaction_id
+    with foreign_key_violation(refusal):
+        await insert_transaction(conn, "refund", reverses=reverses)
+    assert await ledger_counts(conn) == before
 
 
 # --- one balance check per database transaction covers all its ledger transactions (migration 0007) ------
@@ -615,8 +688,8 @@ async def test_an_unbalanced_transaction_after_a_balanced_one_is_refused(
 
 
 async def test_a_ledger_transaction_cannot_claim_another_writer(led: L.Ledger, conn: Any) -> None:
-    """The balance check finds a database transaction's ledger transactions by written_by_xid; a row
-    naming another writer would escape it."""
+    """Postings may join only a ledger transaction of their own database transaction, known by
+    written_by_xid; a row naming another writer would escape that."""
     await credited(led)
     before = await ledger_counts(conn)
     with check_violation("names another database transaction as its writer"):
@@ -632,10 +705,12 @@ async def test_a_forged_marker_does_not_skip_the_balance_check(led: L.Ledger, co
     await credited(led)
     with check_violation("unbalanced: 0 postings"):
         async with conn.transaction():
-            await conn.execute("SELECT set_config('ledger.balance_checked_xid', pg_current_xact_id()::text, true)")
-            await conn.execute("INSERT INTO ledger_balance_checks VALUES (pg_current_xact_id())")
+            await conn.execute("INSERT INTO ledger_balance_checks (transaction_ids) VALUES ('{}')")
             await conn.execute("DELETE FROM ledger_balance_checks")
             await insert_transaction(conn)
+            # Emptying the marker the insert queued does not empty the check: it reads the marker as inserted.
+            await conn.execute("UPDATE ledger_balance_checks SET transaction_ids = '{}'")
+            await conn.execute("DELETE FROM ledger_balance_checks")
 
 
 async def test_balance_rows_and_holds_keep_their_keys(led: L.Ledger, conn: Any) -> None:

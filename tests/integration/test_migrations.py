@@ -284,13 +284,16 @@ async def test_0007_moves_existing_shares_into_their_holds(empty_database: str, 
         async with pool.acquire() as conn, conn.transaction():
             # As the engine before 0007 wrote it: a hold of 10 (promotional first, then paid), capture of 7.
             accounts = {row["code"]: row["id"] for row in await conn.fetch("SELECT code, id FROM ledger_accounts")}
+            # Results name the hold, as the engine's always have (0009 checks it when the hold changes).
+            hold_id = await conn.fetchval("SELECT nextval('ledger_holds_id_seq')")
             hold_tx, capture_tx = [
                 await conn.fetchval(
                     "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result) "
-                    "VALUES ($1, $2, $3, 'u1', 'test', '{}') RETURNING id",
+                    "VALUES ($1, $2, $3, 'u1', 'test', jsonb_build_object('hold_id', $4::bigint)) RETURNING id",
                     kind,
                     f"raw-{kind}",
                     bytes(32),
+                    hold_id,
                 )
                 for kind in ("hold", "capture")
             ]
@@ -304,10 +307,10 @@ async def test_0007_moves_existing_shares_into_their_holds(empty_database: str, 
                     (capture_tx, accounts["system:revenue"], 7),
                 ],
             )
-            hold_id = await conn.fetchval(
-                "INSERT INTO ledger_holds (user_id, amount, status, captured, expires_at, hold_transaction_id, "
-                "settle_transaction_id, settled_at) VALUES ('u1', 10, 'captured', 7, now(), $1, $2, now()) "
-                "RETURNING id",
+            await conn.execute(
+                "INSERT INTO ledger_holds (id, user_id, amount, status, captured, expires_at, hold_transaction_id, "
+                "settle_transaction_id, settled_at) VALUES ($1, 'u1', 10, 'captured', 7, now(), $2, $3, now())",
+                hold_id,
                 hold_tx,
                 capture_tx,
             )
