@@ -167,7 +167,7 @@ class Engine:
         )
         assert read is not None
         stored = {key: (bytes(request_hash), result) for key, request_hash, result in read["stored"]}
-        holds = _holds_from(read["holds"])
+        holds = _holds_from([read[column] for column in _HOLD_COLUMNS])
         _add_lots(users, read["lots"])
         run = _Run(
             now=now,
@@ -502,10 +502,7 @@ class _Run:
                         record.hold_transaction_id,
                         record.settle_transaction_id,
                         record.settled_at,
-                        arrays.bigints(share.lot_id for share in hold.shares),
-                        arrays.bigints(share.drawn for share in hold.shares),
-                        arrays.bigints(share.returned for share in hold.shares),
-                        arrays.bigints(share.refunded for share in hold.shares),
+                        *_share_arrays(hold.shares),
                     )
                 )
             elif hold.changed:
@@ -517,8 +514,7 @@ class _Run:
                         hold.refunded,
                         record.settle_transaction_id,
                         record.settled_at,
-                        arrays.bigints(share.returned for share in hold.shares),
-                        arrays.bigints(share.refunded for share in hold.shares),
+                        *_share_arrays(hold.shares)[2:],
                     )
                 )
         if new_holds:
@@ -676,6 +672,20 @@ _CHANGED_HOLD_COLUMNS: tuple[_Encoder, ...] = (
 )
 
 
+def _share_arrays(shares: Sequence[rules.Share]) -> tuple[str, str, str, str]:
+    """A hold's share columns (lot ids, drawn, returned, refunded) as array literals. Most holds draw from
+    one lot, and a batch writes hundreds of holds: that case skips the general join."""
+    if len(shares) == 1:
+        (share,) = shares
+        return f"{{{share.lot_id}}}", f"{{{share.drawn}}}", f"{{{share.returned}}}", f"{{{share.refunded}}}"
+    return (
+        arrays.bigints([share.lot_id for share in shares]),
+        arrays.bigints([share.drawn for share in shares]),
+        arrays.bigints([share.returned for share in shares]),
+        arrays.bigints([share.refunded for share in shares]),
+    )
+
+
 def _encoded(rows: list[tuple[Any, ...]], encoders: tuple[_Encoder, ...]) -> list[Any]:
     """The rows' columns, each encoded for its parameter."""
     columns: Iterable[Sequence[Any]] = zip(*rows, strict=True) if rows else [() for _ in encoders]
@@ -732,6 +742,8 @@ ON CONFLICT (user_id) DO NOTHING
 # Everything a batch reads once its users are locked, in one round trip: results stored under its keys,
 # the holds it names, its users' lots (spendable ones, and any those holds drew from), and fresh ids.
 # It must run after the lock, as its own statement: a statement's snapshot is taken when it starts.
+# The holds come as column arrays with an element per share (one aggregate pass keeps them aligned):
+# sending a few hundred holds as an array of records cost PostgreSQL more than reading them.
 _READ_LOCKED = """
 WITH holds AS MATERIALIZED (
     SELECT id, user_id, amount, status, captured, refunded, expires_at, reference, hold_transaction_id,
@@ -741,7 +753,7 @@ WITH holds AS MATERIALIZED (
 SELECT
     ARRAY(SELECT ROW(idempotency_key, request_hash, result::text) FROM ledger_transactions
           WHERE idempotency_key = ANY($1::text::text[])) AS stored,
-    ARRAY(SELECT ROW(holds.*) FROM holds) AS holds,
+    hold_columns.*,
     ARRAY(SELECT ROW(id, user_id, category, amount, remaining, expires_at, expired_at) FROM ledger_lots
           WHERE user_id = ANY($3::text::text[])
             AND (remaining > 0 OR id = ANY(ARRAY(SELECT unnest(share_lot_ids) FROM holds)))) AS lots,
@@ -751,11 +763,45 @@ SELECT
         FROM unnest($4::text::bigint[]) AS refund (hold_id) JOIN holds ON holds.id = refund.hold_id
     ))) AS lot_ids,
     ARRAY(SELECT nextval('ledger_holds_id_seq') FROM generate_series(1, $7)) AS hold_ids
+FROM (
+    SELECT array_agg(h.id) AS h_id, array_agg(h.user_id) AS h_user_id, array_agg(h.amount) AS h_amount,
+           array_agg(h.status) AS h_status, array_agg(h.captured) AS h_captured,
+           array_agg(h.refunded) AS h_refunded, array_agg(h.expires_at) AS h_expires_at,
+           array_agg(h.reference) AS h_reference, array_agg(h.hold_transaction_id) AS h_hold_transaction_id,
+           array_agg(h.settle_transaction_id) AS h_settle_transaction_id, array_agg(h.settled_at) AS h_settled_at,
+           array_agg(s.position) AS h_share_position, array_agg(s.lot_id) AS h_share_lot_id,
+           array_agg(s.drawn) AS h_share_drawn, array_agg(s.returned) AS h_share_returned,
+           array_agg(s.refunded) AS h_share_refunded
+    FROM holds h
+    CROSS JOIN LATERAL unnest(h.share_lot_ids, h.share_drawn, h.share_returned, h.share_refunded)
+        WITH ORDINALITY AS s (lot_id, drawn, returned, refunded, position)
+) AS hold_columns
 """
+_HOLD_COLUMNS = (
+    "h_id",
+    "h_user_id",
+    "h_amount",
+    "h_status",
+    "h_captured",
+    "h_refunded",
+    "h_expires_at",
+    "h_reference",
+    "h_hold_transaction_id",
+    "h_settle_transaction_id",
+    "h_settled_at",
+    "h_share_position",
+    "h_share_lot_id",
+    "h_share_drawn",
+    "h_share_returned",
+    "h_share_refunded",
+)
 
 
-def _holds_from(rows: Iterable[Sequence[Any]]) -> dict[int, _HoldRecord]:
-    holds = {}
+def _holds_from(columns: Sequence[Sequence[Any] | None]) -> dict[int, _HoldRecord]:
+    """The holds read after the lock: column arrays with one element per share, a hold's shares in order."""
+    holds: dict[int, _HoldRecord] = {}
+    if columns[0] is None:
+        return holds  # no hold named: every aggregate is NULL
     for (
         hold_id,
         user_id,
@@ -768,24 +814,26 @@ def _holds_from(rows: Iterable[Sequence[Any]]) -> dict[int, _HoldRecord]:
         hold_transaction_id,
         settle_transaction_id,
         settled_at,
-        share_lot_ids,
-        share_drawn,
-        share_returned,
-        share_refunded,
-    ) in rows:
-        shares = [
-            rules.Share(lot_id=lot_id, drawn=drawn, returned=returned, refunded=refunded_share)
-            for lot_id, drawn, returned, refunded_share in zip(
-                share_lot_ids, share_drawn, share_returned, share_refunded, strict=True
-            )
-        ]
+        position,
+        lot_id,
+        drawn,
+        returned,
+        refunded_share,
+    ) in zip(*columns, strict=True):
+        share = rules.Share(lot_id=lot_id, drawn=drawn, returned=returned, refunded=refunded_share)
+        record = holds.get(hold_id)
+        if record is not None:
+            assert position == len(record.hold.shares) + 1, "a hold's shares arrive in draw order"
+            record.hold.shares.append(share)
+            continue
+        assert position == 1, "a hold's shares arrive in draw order"
         hold = rules.Hold(
             id=hold_id,
             user_id=user_id,
             amount=amount,
             status=status,
             expires_at=expires_at,
-            shares=shares,
+            shares=[share],
             captured=captured,
             refunded=refunded,
         )
