@@ -398,7 +398,7 @@ async def test_a_refund_beyond_the_capture_is_refused(led: L.Ledger, conn: Any) 
     await assert_audit_ok(led)
 
 
-# --- the ledger's state rows are never removed (migrations/0005_ledger_guards.sql) ---------------------------
+# --- the ledger's state rows are never removed --------------------------------------------------------------
 
 STATE_TABLES = ["ledger_balances", "ledger_lots", "ledger_holds", "ledger_accounts"]
 
@@ -459,7 +459,7 @@ async def test_the_audit_notices_moments_whose_user_rows_are_gone(led: L.Ledger,
     )
 
 
-# --- the set-based stand-ins for the postings' foreign keys (migration 0006) ------------------------------
+# --- the set-based stand-ins for the postings' foreign keys -------------------------------------------------
 
 
 async def test_a_posting_to_an_account_that_does_not_exist_is_refused(led: L.Ledger, conn: Any) -> None:
@@ -490,7 +490,7 @@ async def test_a_posting_for_a_transaction_that_does_not_exist_is_refused(led: L
     await assert_audit_ok(led)
 
 
-# --- the set-based stand-ins for the state tables' foreign keys (migration 0007) --------------------------
+# --- the set-based stand-ins for the state tables' foreign keys ---------------------------------------------
 
 
 def foreign_key_violation(match: str) -> Any:
@@ -596,7 +596,7 @@ async def test_a_holds_shares_name_lots_of_its_user_once_and_draw_its_amount(led
 
 
 async def test_a_ledger_transaction_creates_or_settles_one_hold_only(led: L.Ledger, conn: Any) -> None:
-    """What unique indexes on a hold's transactions guaranteed, the checks of migration 0009 guarantee: a
+    """What unique indexes on a hold's transactions would guarantee, the holds' statement checks do: a
     hold's transaction is a hold that names it, its settlement a capture or void that names it."""
     credit = await credited(led)
     first, second = [
@@ -651,7 +651,7 @@ async def test_a_ledger_transaction_reverses_an_existing_one_of_its_user(
     assert await ledger_counts(conn) == before
 
 
-# --- one balance check per database transaction covers all its ledger transactions (migration 0007) ------
+# --- the deferred balance check covers every ledger transaction of the database transaction -----------------
 
 
 @pytest.mark.parametrize(
