@@ -1,75 +1,114 @@
-"""The Litestar application: settings, the database pool, routes, errors, logs, metrics, OpenAPI."""
+"""The composition root: settings, pools, the ledger, background tasks, dependencies and controllers.
+
+Nothing here decides anything: it builds the pieces once per process and hands them to the handlers
+through Litestar's dependency injection, by name (`pool`, `read_pool`, `ledger_service`, `catalog`,
+`price_table`, `settings`, `caller`, `idempotency_key`, `page_limit`, `window`, …).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import UTC, datetime
+from functools import partial
 
 import asyncpg
 import structlog
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 import ledger
 import pricing
-from entitlements import generations, generations_api, ledger_api, pricing_api, stripe_api, stripe_service
-from entitlements.auth import role_guard
-from entitlements.dispatcher import Dispatcher, Sweeper
-from entitlements.errors import EXCEPTION_HANDLERS, ProblemError
-from entitlements.observability import (
-    METRICS_CONTENT_TYPE,
-    configure_logging,
-    metrics_text,
-    request_logging_middleware,
+from entitlements import billing, generations
+from entitlements.accounts.controllers import AccountsController
+from entitlements.billing.controllers import BillingController
+from entitlements.generations.controllers import GenerationsController
+from entitlements.http import (
+    EXCEPTION_HANDLERS,
+    STRICT_BODY,
+    provide_caller,
+    provide_idempotency_key,
+    provide_limit,
+    provide_window,
+    role_guard,
 )
-from entitlements.settings import Settings
+from entitlements.http.controllers import HealthController
+from entitlements.http.observability import configure_logging, request_logging_middleware
+from entitlements.keys.controllers import KeysController
+from entitlements.quotes.controllers import QuotesController
+from entitlements.settings import GenerationSettings, Settings
+from entitlements.tiers.controllers import TiersController
 from generation_client import WorkerClient
 
-READY_TIMEOUT_S = 2.0
 # Invariants beyond the ledger's own that `audit` also checks (the generations' settlement, and that
 # Stripe events and their ledger transactions match).
-EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *stripe_service.AUDIT_CHECKS)
+EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
+CONTROLLERS = (
+    HealthController,
+    QuotesController,
+    TiersController,
+    AccountsController,
+    GenerationsController,
+    BillingController,
+    KeysController,
+)
 log = structlog.get_logger("moments.app")
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database did not answer: one line for the operator, not a traceback."""
 
 
 async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Pool:
     url = url or settings.database.url
     if url is None:
-        raise RuntimeError("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL for you)")
+        raise DatabaseUnreachable("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL for you)")
     db = settings.database
-    pool = await asyncpg.create_pool(
-        url,
-        min_size=db.pool_size_min,
-        max_size=db.pool_size_max,
-        timeout=db.connect_timeout_s,
-        server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
-    )
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=db.pool_size_min,
+            max_size=db.pool_size_max,
+            timeout=db.connect_timeout_s,
+            server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        raise DatabaseUnreachable(f"the database does not answer ({type(error).__name__}: {error})") from None
     assert pool is not None
     return pool
 
 
-@get("/healthz", operation_id="healthz", opt={"public": True}, include_in_schema=True, tags=["ops"])
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+def _state_value(name: str) -> Provide:
+    def provide(state: State) -> object:
+        return state[name]
+
+    return Provide(provide, sync_to_thread=False)
 
 
-@get("/readyz", operation_id="readyz", opt={"public": True}, tags=["ops"])
-async def readyz(request: Request[Any, Any, Any]) -> dict[str, str]:
-    try:
-        await request.app.state.pool.fetchval("SELECT 1", timeout=READY_TIMEOUT_S)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
-        raise ProblemError(503, "not_ready", f"the database does not answer: {type(error).__name__}") from None
-    return {"status": "ready"}
+def _provide_price_table(state: State) -> pricing.PriceTable:
+    return pricing.current_table(state.price_tables, datetime.now(UTC))
 
 
-@get("/metrics", operation_id="metrics", opt={"public": True}, media_type=MediaType.TEXT, tags=["ops"])
-async def metrics() -> Response[bytes]:
-    return Response(metrics_text(), media_type=METRICS_CONTENT_TYPE)
+DEPENDENCIES = {
+    "pool": _state_value("pool"),
+    "read_pool": _state_value("read_pool"),
+    "ledger_service": _state_value("ledger"),
+    "catalog": _state_value("catalog"),
+    "settings": _state_value("settings"),
+    "dispatcher": _state_value("dispatcher"),
+    "stripe_gateway": _state_value("stripe"),
+    "audit_checks": _state_value("extra_audit_checks"),
+    "price_table": Provide(_provide_price_table, sync_to_thread=False),
+    "caller": Provide(provide_caller, sync_to_thread=False),
+    "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
+    "page_limit": Provide(provide_limit, sync_to_thread=False),
+    "window": Provide(provide_window, sync_to_thread=False),
+}
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -92,7 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         await app.state.ledger.start()
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
-        app.state.stripe = stripe_service.make_gateway(settings.stripe)
+        app.state.stripe = billing.make_gateway(settings.stripe)
         background = await _start_background(app, settings)
         try:
             yield
@@ -106,20 +145,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await app.state.pool.close()
 
     app = Litestar(
-        route_handlers=[
-            healthz,
-            readyz,
-            metrics,
-            *pricing_api.ROUTES,
-            *ledger_api.ROUTES,
-            *generations_api.ROUTES,
-            *stripe_api.ROUTES,
-        ],
+        route_handlers=list(CONTROLLERS),
         guards=[role_guard],
+        dependencies=DEPENDENCIES,
+        dto=STRICT_BODY,
+        return_dto=None,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         state=State(
-            dict(settings=settings, price_tables=price_tables, catalog=catalog, extra_audit_checks=EXTRA_AUDIT_CHECKS)
+            dict(
+                settings=settings,
+                price_tables=price_tables,
+                catalog=catalog,
+                extra_audit_checks=EXTRA_AUDIT_CHECKS,
+                dispatcher=None,
+                stripe=None,
+            )
         ),
         request_max_body_size=settings.api.request_body_bytes_max,
         openapi_config=OpenAPIConfig(
@@ -135,6 +176,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return app
 
 
+def sweeper_for(pool: asyncpg.Pool, ledger_service: ledger.Ledger, settings: GenerationSettings) -> generations.Sweeper:
+    """The sweeper with every domain's periodic work: expired holds and lots, and Stripe events stored but
+    not applied (a failure, an unknown customer, a refund before its purchase)."""
+    also = {"stripe_events": partial(billing.reapply_pending_events, pool, ledger_service)}
+    return generations.Sweeper(pool, ledger_service, settings, also)
+
+
 async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
     """The dispatcher and the sweeper run beside the API in every `moments serve` process (unless
     DISPATCHER_ENABLED=false); they coordinate with other processes only through PostgreSQL."""
@@ -143,19 +191,20 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
     generation = settings.generation
     if not generation.dispatcher_enabled:
         return []
-    tasks = [asyncio.create_task(Sweeper(app.state.pool, app.state.ledger, generation).run(), name="sweeper")]
+    pool, ledger_service = app.state.pool, app.state.ledger
+    tasks = [asyncio.create_task(sweeper_for(pool, ledger_service, generation).run(), name="sweeper")]
     if not generation.worker_urls:
         log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
         return tasks
     client = WorkerClient(generation.worker_urls, request_timeout_s=generation.worker_request_timeout_s)
     await client.__aenter__()
     app.state.worker_client = client
-    app.state.dispatcher = Dispatcher(app.state.pool, app.state.ledger, generation, client)
+    app.state.dispatcher = generations.Dispatcher(pool, ledger_service, generation, client)
     tasks.append(asyncio.create_task(app.state.dispatcher.run(), name="dispatcher"))
     return tasks
 
 
-async def _stop_background(app: Litestar, tasks: list[asyncio.Task[None]]) -> None:
+async def _stop_background(app: Litestar, tasks: Sequence[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
     for task in tasks:

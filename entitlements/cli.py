@@ -1,69 +1,141 @@
-"""The `moments` command: dev, migrate, serve, worker, keys create, audit."""
+"""The `moments` command: dev, migrate, serve, worker, keys (list, create, revoke, rotate), audit."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
 
-import httpx
+import asyncpg
 
-DATA_DIR = Path(".data")
-DEV_KEY_FILE = DATA_DIR / "dev-admin-key"
+T = TypeVar("T")
 API_PORT_DEFAULT = 8000
 WORKER_PORT_DEFAULT = 8100
-WORKER_START_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 10
+KEYS_PAGE_SIZE = 500
 
 
-def _database_url_or_exit() -> str:
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        sys.exit("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL instead)")
-    return url
+class CommandFailed(Exception):
+    """Said in one line on stderr; the command exits 1."""
+
+
+def _database_url() -> str:
+    from entitlements.dev import DatabaseNotFound, database_url
+
+    try:
+        return database_url()
+    except DatabaseNotFound as missing:
+        raise CommandFailed(f"{missing}; set it, or start `make run` first") from None
+
+
+def _on_database(use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Runs `use` against the database, turning 'it does not answer' into one line."""
+    url = _database_url()
+
+    async def run() -> T:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=1, timeout=CONNECT_TIMEOUT_S)
+        assert pool is not None
+        try:
+            return await use(pool)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(run())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        host = url.split("@")[-1]
+        raise CommandFailed(f"the database at {host} does not answer ({type(error).__name__}: {error})") from None
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
     import migrations
 
-    applied = asyncio.run(migrations.apply(_database_url_or_exit()))
+    url = _database_url()
+    try:
+        applied = asyncio.run(migrations.apply(url))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise CommandFailed(f"the database does not answer ({type(error).__name__}: {error})") from None
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none missing'}")
     return 0
 
 
+def _print_created(created: object) -> None:
+    from entitlements.keys import KeyCreated
+
+    assert isinstance(created, KeyCreated)
+    key = created.api_key
+    print(f"created key {key.id} ({key.name}) with role {key.role}; store it now, it is not shown again:")
+    print(created.key)
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from entitlements.auth import create_key
+    from entitlements.keys import create_key
 
-    async def create() -> tuple[int, str]:
-        import asyncpg
+    name = args.name or f"{args.role}-key"
+    if not 1 <= len(name) <= 200:
+        raise CommandFailed("--name must be 1-200 characters")
+    _print_created(_on_database(lambda pool: create_key(pool, role=args.role, name=name)))
+    return 0
 
-        connection = await asyncpg.connect(_database_url_or_exit())
-        try:
-            return await create_key(connection, role=args.role, name=args.name or f"{args.role}-key")
-        finally:
-            await connection.close()
 
-    try:
-        key_id, raw_key = asyncio.run(create())
-    except ValueError as invalid:
-        print(f"error: {invalid}", file=sys.stderr)
-        return 2
-    print(f"created key {key_id} with role {args.role}; store it now, it is not shown again:")
-    print(raw_key)
+def cmd_keys_list(_: argparse.Namespace) -> int:
+    from entitlements.keys import KeyOut, list_keys
+
+    async def every_key(pool: asyncpg.Pool) -> list[KeyOut]:
+        keys: list[KeyOut] = []
+        cursor: str | None = None
+        while True:
+            page = await list_keys(pool, limit=KEYS_PAGE_SIZE, cursor=cursor)
+            keys += page.items
+            if page.next_cursor is None:
+                return keys
+            cursor = page.next_cursor
+
+    def when(value: datetime | None) -> str:
+        return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+    print(f"{'id':>5}  {'role':<8} {'prefix':<11} {'name':<24} {'created':<20} {'last used':<20} revoked")
+    for key in _on_database(every_key):
+        print(
+            f"{key.id:>5}  {key.role:<8} {key.prefix:<11} {key.name[:24]:<24} {when(key.created_at):<20} "
+            f"{when(key.last_used_at):<20} {when(key.revoked_at)}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from entitlements.keys import revoke_key
+
+    key = _on_database(lambda pool: revoke_key(pool, args.id))
+    print(f"key {key.id} ({key.name}, {key.role}) is revoked; every process refuses it from its next request")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from entitlements.keys import rotate_key
+
+    _print_created(_on_database(lambda pool: rotate_key(pool, args.id)))
+    print(f"(key {args.id} is revoked)", file=sys.stderr)
     return 0
 
 
 def cmd_audit(_: argparse.Namespace) -> int:
-    from entitlements.audit_cli import run_audit
+    import ledger
+    from entitlements.app import EXTRA_AUDIT_CHECKS
 
-    return asyncio.run(run_audit(_database_url_or_exit()))
+    async def audit(pool: asyncpg.Pool) -> ledger.AuditReport:
+        async with pool.acquire() as connection:
+            return await ledger.audit(connection, EXTRA_AUDIT_CHECKS)
+
+    report = _on_database(audit)
+    for check in report.checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    print("audit passed" if report.ok else "audit FAILED")
+    return 0 if report.ok else 1
 
 
 def _serve(host: str, port: int, workers: int) -> None:
@@ -82,7 +154,7 @@ def _serve(host: str, port: int, workers: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _database_url_or_exit()
+    os.environ["DATABASE_URL"] = _database_url()
     if args.no_dispatcher:
         os.environ["DISPATCHER_ENABLED"] = "false"
     _serve(args.host, args.port, args.workers)
@@ -103,115 +175,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _pick_port(preferred: int) -> int:
-    if _port_free(preferred):
-        return preferred
-    from entitlements.embedded_db import free_port
-
-    return free_port()
-
-
-async def _ensure_dev_key(database_url: str) -> str:
-    """Reuses the development admin key kept in .data/ while the database still knows it."""
-    import asyncpg
-
-    from entitlements.auth import create_key, hash_key
-
-    connection = await asyncpg.connect(database_url)
-    try:
-        if DEV_KEY_FILE.exists():
-            raw_key = DEV_KEY_FILE.read_text().strip()
-            role = await connection.fetchval(
-                "SELECT role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(raw_key)
-            )
-            if role == "admin":
-                return raw_key
-        _, raw_key = await create_key(connection, role="admin", name="dev-admin")
-    finally:
-        await connection.close()
-    DEV_KEY_FILE.write_text(raw_key + "\n")
-    DEV_KEY_FILE.chmod(0o600)
-    return raw_key
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the process for {url} exited with status {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not become healthy within {timeout_s} s")
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
-    import migrations
-    from entitlements.embedded_db import EmbeddedPostgres, ServerOptions
+    from entitlements.dev import run_dev
 
-    DATA_DIR.mkdir(exist_ok=True)
-    server: EmbeddedPostgres | None = None
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        database_url = os.environ.get("DATABASE_URL")
-        if not database_url:
-            server = EmbeddedPostgres(DATA_DIR / "pg", ServerOptions(durable=True))
-            database_url = server.start()
-            os.environ["DATABASE_URL"] = database_url
-        asyncio.run(migrations.apply(database_url))
-        admin_key = asyncio.run(_ensure_dev_key(database_url))
-
-        worker_port = _pick_port(args.worker_port)
-        worker_url = f"http://127.0.0.1:{worker_port}"
-        if not os.environ.get("GENERATION_WORKER_URL"):
-            worker = subprocess.Popen(  # noqa: S603 - our own command
-                [
-                    sys.executable,
-                    "-m",
-                    "entitlements.cli",
-                    "worker",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(worker_port),
-                ],
-            )
-            _wait_healthy(worker_url, worker, WORKER_START_TIMEOUT_S)
-            os.environ["GENERATION_WORKER_URL"] = worker_url
-        api_port = _pick_port(args.port)
-        print(
-            "\nMoments is starting:\n"
-            f"  API:      http://127.0.0.1:{api_port}   (OpenAPI: http://127.0.0.1:{api_port}/schema)\n"
-            f"  worker:   {os.environ['GENERATION_WORKER_URL']}\n"
-            f"  database: {database_url}\n"
-            f"  admin key (development): {admin_key}\n"
-            f"  try: curl -H 'Authorization: Bearer {admin_key}' http://127.0.0.1:{api_port}/v1/pricing\n",
-            flush=True,
-        )
-        _serve("127.0.0.1", api_port, 1)
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(timeout=10)
-            if worker.poll() is None:
-                worker.kill()
-        if server is not None:
-            server.stop()
+    run_dev(api_port=args.port, worker_port=args.worker_port, serve=_serve)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from entitlements.keys import ROLES
+
     parser = argparse.ArgumentParser(prog="moments", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -241,9 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create a key; the raw key is the last line")
-    create.add_argument("--role", required=True, choices=["service", "support", "finance", "admin"])
+    create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--name", default=None)
     create.set_defaults(handler=cmd_keys_create)
+    listing = key_commands.add_parser("list", help="every key: id, role, prefix, name, created, last used, revoked")
+    listing.set_defaults(handler=cmd_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key at once, in every process")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(handler=cmd_keys_revoke)
+    rotate = key_commands.add_parser("rotate", help="a new key of the same name and role; the old one revoked")
+    rotate.add_argument("id", type=int)
+    rotate.set_defaults(handler=cmd_keys_rotate)
 
     audit = commands.add_parser("audit", help="check every ledger invariant; exit 1 if any fails")
     audit.set_defaults(handler=cmd_audit)
@@ -252,7 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.handler(args)
+    try:
+        result: int = args.handler(args)
+    except CommandFailed as failed:
+        print(f"moments: {failed}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        # Domain errors (an unknown key id, rotating a revoked key) are for the operator, in one line.
+        from entitlements.errors import DomainError
+
+        if isinstance(error, DomainError):
+            print(f"moments: {error.detail}", file=sys.stderr)
+            return 1
+        raise
     return result
 
 

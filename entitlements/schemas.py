@@ -1,8 +1,14 @@
-"""Request and response bodies shared across the API: msgspec Structs, checked as they are decoded."""
+"""What every domain's bodies share: the strict Struct base, the balance pair, and the text rules.
+
+Each rule here has one definition; the request types, the path parameters and the Stripe payload views
+all use it.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 
@@ -12,10 +18,29 @@ IMAGE_ID_CHARS_MAX = 200
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._~-]*$"
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 REASON_CHARS_MAX = 1_000
+NAME_CHARS_MAX = 200
 # PostgreSQL text cannot hold NUL: refuse it at the edge as bad input rather than fail at the write.
 TEXT_PATTERN = r"^[^\x00]*$"
+# A user id is the other services' own id: 1-200 characters, no control characters, and no ':' (the
+# ledger's account codes are `user:{id}:available`, so a ':' would let one id spell another's account).
+USER_ID_CHARS_MAX = 200
+USER_ID_PATTERN = r"^[^:\x00-\x1f\x7f-\x9f]{1,200}$"
+_USER_ID = re.compile(USER_ID_PATTERN)
 
-Mode = Literal["advanced", "adult"]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_CHARS_MAX, pattern=USER_ID_PATTERN)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_CHARS_MAX, pattern=TEXT_PATTERN)]
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """A timestamp without a zone is ambiguous for money: it is read as UTC, as the whole API speaks.
+    Normalised to UTC, so the same instant written in two zones is the same request for idempotency."""
+    if value is None:
+        return None
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def is_user_id(value: str) -> bool:
+    return _USER_ID.fullmatch(value) is not None
 
 
 class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -25,36 +50,3 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class Balance(Struct, frozen=True):
     available: int
     held: int
-
-
-class QuoteCreate(Struct, frozen=True):
-    # Free-form strings here: the price table, not the type, says what is allowed, and its error names
-    # the allowed values.
-    mode: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
-    resolution: Annotated[str, msgspec.Meta(min_length=1, max_length=50)] | None = None
-    duration_s: int | None = None
-    audio: bool | None = None
-
-
-class QuoteOut(Struct, frozen=True):
-    moments: int
-    price_version: str
-    mode: str
-    resolution: str
-    duration_s: int
-    audio: bool
-
-
-class PriceCell(Struct, frozen=True):
-    mode: str
-    resolution: str
-    duration_s: int
-    audio: bool
-    moments: int
-
-
-class PricingOut(Struct, frozen=True):
-    version: str
-    effective_from: str
-    currency: str
-    cells: list[PriceCell]

@@ -3,7 +3,18 @@ idempotency and audit. Imports nothing else of ours."""
 
 from ledger.audit import AuditReport, Check, ExtraCheck, audit
 from ledger.batcher import BatchSettings
+from ledger.cursors import (
+    CURSOR_CHARS_MAX,
+    InvalidCursor,
+    decode_cursor,
+    decode_id_cursor,
+    encode_cursor,
+    encode_id_cursor,
+)
+from ledger.engine import Connection
 from ledger.operations import (
+    LOT_CATEGORIES,
+    TRANSACTION_KINDS,
     AnyOperation,
     Capture,
     Clawback,
@@ -13,8 +24,10 @@ from ledger.operations import (
     HoldNotFound,
     IdempotencyConflict,
     LedgerUnavailable,
+    LotCategory,
     Refund,
     Result,
+    TransactionKind,
     Void,
 )
 from ledger.rules import (
@@ -30,7 +43,6 @@ from ledger.service import (
     PAGE_SIZE_MAX,
     Balances,
     HistoryItem,
-    InvalidCursor,
     Ledger,
     Page,
     Posting,
@@ -39,7 +51,10 @@ from ledger.service import (
 
 __all__ = [
     "AMOUNT_MOMENTS_MAX",
+    "CURSOR_CHARS_MAX",
+    "LOT_CATEGORIES",
     "PAGE_SIZE_MAX",
+    "TRANSACTION_KINDS",
     "AnyOperation",
     "AuditReport",
     "Balances",
@@ -47,6 +62,7 @@ __all__ = [
     "Capture",
     "Check",
     "Clawback",
+    "Connection",
     "Credit",
     "ExpireLots",
     "ExtraCheck",
@@ -62,12 +78,18 @@ __all__ = [
     "Ledger",
     "LedgerRuleError",
     "LedgerUnavailable",
+    "LotCategory",
     "NotRefundable",
     "Page",
     "Posting",
     "Refund",
     "Result",
     "TransactionItem",
+    "TransactionKind",
     "Void",
     "audit",
+    "decode_cursor",
+    "decode_id_cursor",
+    "encode_cursor",
+    "encode_id_cursor",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -14,7 +14,23 @@ IDEMPOTENCY_KEY_CHARS_MAX = 400
 REASON_CHARS_MAX = 1000
 REFERENCE_CHARS_MAX = 400
 
+# Every kind of ledger transaction (the database's CHECK on ledger_transactions.kind lists the same).
+TransactionKind = Literal[
+    "purchase",
+    "subscription_grant",
+    "grant",
+    "hold",
+    "capture",
+    "void",
+    "refund",
+    "expiry",
+    "clawback",
+    "clawback_reversal",
+]
+TRANSACTION_KINDS: tuple[TransactionKind, ...] = get_args(TransactionKind)
 CreditKind = Literal["purchase", "subscription_grant", "grant", "clawback_reversal"]
+LotCategory = Literal["paid", "subscription", "promotional"]
+LOT_CATEGORIES: tuple[LotCategory, ...] = get_args(LotCategory)
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
@@ -35,7 +51,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
 class Credit(Operation, frozen=True, tag="credit"):
     amount: int
     kind: CreditKind
-    category: Literal["paid", "subscription", "promotional"]
+    category: LotCategory
     expires_at: datetime | None = None
 
 

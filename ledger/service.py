@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -13,6 +11,7 @@ import msgspec
 
 from ledger.audit import AuditReport, ExtraCheck, audit
 from ledger.batcher import Batcher, BatchSettings
+from ledger.cursors import decode_id_cursor, encode_id_cursor
 from ledger.engine import Connection, Engine, Outcome
 from ledger.operations import AnyOperation, ExpireLots, Result
 from ledger.rules import LedgerRuleError
@@ -20,10 +19,6 @@ from ledger.rules import LedgerRuleError
 PAGE_SIZE_MAX = 1000
 T = TypeVar("T")
 SWEEP_BATCH_MAX = 500
-
-
-class InvalidCursor(ValueError):
-    pass
 
 
 class Balances(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,21 +61,10 @@ class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     next_cursor: str | None
 
 
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, _, value = text.partition(":")
-        if version != "v1":
-            raise ValueError(version)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor("cursor is not one this service issued") from None
+# History and transactions are paged by transaction id; each has its own scope, so neither's cursor
+# is accepted by the other.
+HISTORY_CURSOR = "h1"
+TRANSACTIONS_CURSOR = "t1"
 
 
 class Ledger:
@@ -123,15 +107,17 @@ class Ledger:
         """Runs operations inside the caller's open transaction (e.g. a hold beside a generation row)."""
         return await self.engine.execute(connection, operations, now=now)
 
-    async def balances(self, user_id: str) -> Balances:
-        row = await self.pool.fetchrow("SELECT available, held, owed FROM ledger_balances WHERE user_id = $1", user_id)
+    async def balances(self, user_id: str, *, connection: Connection | asyncpg.Pool | None = None) -> Balances:
+        """A user's balances now; pass `connection` to read inside a transaction of the caller's."""
+        reader = connection if connection is not None else self.pool
+        row = await reader.fetchrow("SELECT available, held, owed FROM ledger_balances WHERE user_id = $1", user_id)
         if row is None:
             return Balances(available=0, held=0, owed=0)
         return Balances(available=row["available"], held=row["held"], owed=row["owed"])
 
     async def history(self, user_id: str, *, limit: int, cursor: str | None) -> Page[HistoryItem]:
         assert 1 <= limit <= PAGE_SIZE_MAX
-        before = decode_cursor(cursor)
+        before = decode_id_cursor(cursor, HISTORY_CURSOR)
         rows = await self.pool.fetch(
             """
             SELECT t.id, t.kind, t.reference, t.reason, t.actor, t.created_at,
@@ -164,7 +150,7 @@ class Ledger:
             )
             for row in rows[:limit]
         ]
-        next_cursor = encode_cursor(items[-1].transaction_id) if len(rows) > limit else None
+        next_cursor = encode_id_cursor(HISTORY_CURSOR, items[-1].transaction_id) if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
     async def transactions(
@@ -178,7 +164,7 @@ class Ledger:
         connection: asyncpg.Pool | Connection | None = None,
     ) -> Page[TransactionItem]:
         assert 1 <= limit <= PAGE_SIZE_MAX
-        after = decode_cursor(cursor)
+        after = decode_id_cursor(cursor, TRANSACTIONS_CURSOR)
         rows = await (connection or self.pool).fetch(
             """
             SELECT t.id, t.kind, t.user_id, t.reference, t.reverses_transaction_id, t.actor, t.reason,
@@ -218,7 +204,7 @@ class Ledger:
             )
             for row in rows[:limit]
         ]
-        next_cursor = encode_cursor(items[-1].transaction_id) if len(rows) > limit else None
+        next_cursor = encode_id_cursor(TRANSACTIONS_CURSOR, items[-1].transaction_id) if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
     async def audit(self, extra_checks: Sequence[ExtraCheck] = ()) -> AuditReport:

@@ -8,5 +8,8 @@ CREATE TABLE api_keys (
     -- The first characters of the raw key, safe to show, so people can tell keys apart.
     key_prefix text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
+    -- Stamped at most once a minute per key (see entitlements/keys/queries.py), not on every request.
+    last_used_at timestamptz,
+    -- Set once; a revoked key is refused by every process from its next request on.
     revoked_at timestamptz
 );

@@ -14,17 +14,17 @@ CREATE TABLE subscriptions (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- The first answer to every idempotent POST, replayed for the same caller, key and request.
+-- The first answer to every idempotent POST, replayed for the same caller, key and request. Each
+-- operation answers with one status (its route's), so only the body is kept; it is NULL only inside
+-- the transaction that claimed the key, so a committed row always has its answer.
 CREATE TABLE api_idempotency (
     caller_key_id bigint NOT NULL,
     idempotency_key text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 255),
     operation text NOT NULL,
     request_hash bytea NOT NULL CHECK (length(request_hash) = 32),
-    status_code integer,
     response_body jsonb,
     created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (caller_key_id, idempotency_key),
-    CHECK ((status_code IS NULL) = (response_body IS NULL))
+    PRIMARY KEY (caller_key_id, idempotency_key)
 );
 CREATE INDEX api_idempotency_created ON api_idempotency (created_at);
 

@@ -1,5 +1,5 @@
 -- Stripe: every webhook event as received, the customers we created, and the moment-pack purchases that
--- refunds and disputes claw back from. See entitlements/stripe_service.py.
+-- refunds and disputes claw back from. See entitlements/billing/.
 
 -- Every verified webhook event, stored under its id before anything is applied (a duplicate delivery
 -- finds its row). An event is applied in one transaction with its effects; until then `applied_at` is

@@ -3,7 +3,7 @@
 Pure: no I/O beyond reading this package's own data files.
 """
 
-from pricing.catalog import FREE_TIER, Catalog, InvalidCatalog, Pack, Tier, load_catalog
+from pricing.catalog import FREE_TIER, TIER_NAMES, Catalog, InvalidCatalog, Pack, Tier, TierName, load_catalog
 from pricing.price_table import (
     CELL_MOMENTS_MAX,
     Cell,
@@ -18,6 +18,7 @@ from pricing.quotes import InvalidQuoteRequest, Quote, quote
 __all__ = [
     "CELL_MOMENTS_MAX",
     "FREE_TIER",
+    "TIER_NAMES",
     "Catalog",
     "Cell",
     "InvalidCatalog",
@@ -28,6 +29,7 @@ __all__ = [
     "PriceTable",
     "Quote",
     "Tier",
+    "TierName",
     "current_table",
     "load_catalog",
     "load_tables",

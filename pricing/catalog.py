@@ -3,13 +3,16 @@
 import functools
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
 CATALOG_PATH = Path(__file__).parent / "catalog.toml"
+# The tiers there are: the one definition every request, response and table column follows.
+TierName = Literal["FREE", "PREMIUM", "ULTIMATE"]
+TIER_NAMES: tuple[TierName, ...] = get_args(TierName)
 # Users without a subscription are on this tier; it is granted, never bought.
-FREE_TIER = "FREE"
+FREE_TIER: TierName = "FREE"
 # No allowance or pack is this large: a bigger number is a typo (an extra zero or two).
 CATALOG_MOMENTS_MAX = 10_000_000
 
@@ -23,7 +26,7 @@ class InvalidCatalog(Exception):
 
 
 class Tier(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: NonEmptyStr
+    name: TierName
     monthly_allowance_moments: Annotated[int, msgspec.Meta(ge=0, le=CATALOG_MOMENTS_MAX)]
     video_allowed: bool
     # None for a tier that cannot be bought (FREE); then price_cents is 0.
@@ -90,7 +93,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
     price_ids = [tier.stripe_price_id for tier in catalog.tiers if tier.stripe_price_id is not None]
     price_ids += [pack.stripe_price_id for pack in catalog.packs]
     for what, values in (
-        ("tier name", [tier.name for tier in catalog.tiers]),
+        ("tier name", [str(tier.name) for tier in catalog.tiers]),
         ("pack id", [pack.id for pack in catalog.packs]),
         ("stripe_price_id", price_ids),
     ):

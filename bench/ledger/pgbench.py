@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.ledger import cpu
-from entitlements.embedded_db import binary
+from entitlements.dev.embedded_db import binary
 
 TPS_PATTERN = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
 LATENCY_PATTERN = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)

@@ -30,7 +30,7 @@ import asyncpg
 import migrations
 from bench.ledger import cpu, workload
 from bench.ledger.pgbench import Pgbench, PgbenchResult
-from entitlements.embedded_db import EmbeddedPostgres, ServerOptions, binary
+from entitlements.dev.embedded_db import EmbeddedPostgres, ServerOptions, binary
 from ledger import BatchSettings, Ledger
 
 LEDGER_DATABASE = "ledger_bench"

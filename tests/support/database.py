@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from entitlements.embedded_db import EmbeddedPostgres, ServerOptions
+from entitlements.dev.embedded_db import EmbeddedPostgres, ServerOptions
 
 TEMPLATE_NAME = "moments_template"
 _clone_numbers = itertools.count(1)

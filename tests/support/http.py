@@ -10,7 +10,7 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from entitlements.app import create_app
-from entitlements.auth import ROLES, create_key
+from entitlements.keys import ROLES, create_key
 from tests.support.app import settings_for
 
 
@@ -40,7 +40,7 @@ async def api_for(database_url: str, **generation: Any) -> AsyncIterator[Api]:
     app = create_app(settings_for(database_url, **generation))
     connection = await asyncpg.connect(database_url)
     try:
-        keys = {role: (await create_key(connection, role=role, name=f"test-{role}"))[1] for role in ROLES}
+        keys = {role: (await create_key(connection, role=role, name=f"test-{role}")).key for role in ROLES}
     finally:
         await connection.close()
     async with AsyncTestClient(app=app) as client:

@@ -22,8 +22,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from entitlements.auth import ROLES, create_key
-from entitlements.embedded_db import free_port
+from entitlements.dev.embedded_db import free_port
+from entitlements.keys import ROLES, create_key
 from tests.support.http import Api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,7 +244,7 @@ def running(*processes: RunningProcess) -> Iterator[tuple[RunningProcess, ...]]:
 async def create_role_keys(database_url: str) -> dict[str, str]:
     connection = await asyncpg.connect(database_url)
     try:
-        return {role: (await create_key(connection, role=role, name=f"test-{role}"))[1] for role in ROLES}
+        return {role: (await create_key(connection, role=role, name=f"test-{role}")).key for role in ROLES}
     finally:
         await connection.close()
 

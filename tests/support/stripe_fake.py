@@ -24,7 +24,7 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from entitlements.app import create_app
-from entitlements.auth import ROLES, create_key
+from entitlements.keys import ROLES, create_key
 from entitlements.settings import StripeSettings
 from tests.support.app import settings_for
 from tests.support.http import Api
@@ -159,7 +159,7 @@ async def stripe_api_for(
     connection = await asyncpg.connect(database_url)
     try:
         keys: dict[str, str] = {
-            role: (await create_key(connection, role=role, name=f"test-{role}"))[1] for role in ROLES
+            role: (await create_key(connection, role=role, name=f"test-{role}")).key for role in ROLES
         }
     finally:
         await connection.close()

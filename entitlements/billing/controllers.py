@@ -1,0 +1,89 @@
+"""Stripe: the webhook, Checkout sessions for packs and tiers, and finance's reconciliation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from entitlements.billing import service
+from entitlements.billing.schemas import WebhookOut
+from entitlements.billing.service import CheckoutCreate, CheckoutOut, ReconciliationOut, StripeGateway
+from entitlements.http import UserIdPath
+from entitlements.http.deps import AppSettings, Catalog, IdempotencyKey, LedgerService, Pool, TheCaller, TimeWindow
+
+log = structlog.get_logger("moments.stripe")
+
+
+class BillingController(Controller):
+    tags = ["stripe"]
+
+    @post(
+        "/v1/stripe/webhook",
+        operation_id="stripeWebhook",
+        summary="Stripe's events (authenticated by the Stripe-Signature header only)",
+        opt={"public": True},
+        status_code=200,
+        request_max_body_size=service.WEBHOOK_BODY_BYTES_MAX,
+    )
+    async def stripe_webhook(
+        self,
+        request: Request[Any, Any, Any],
+        pool: Pool,
+        ledger_service: LedgerService,
+        catalog: Catalog,
+        settings: AppSettings,
+    ) -> Response[WebhookOut]:
+        """200 once stored and applied (or a duplicate), 202 when stored but waiting (unknown customer,
+        purchase not seen yet), 400 on a bad signature (nothing stored), 503 when applying failed (stored;
+        Stripe's redelivery and the sweeper retry it)."""
+        result = await service.receive_webhook(
+            pool,
+            ledger_service,
+            catalog,
+            settings.stripe,
+            payload=await request.body(),
+            signature=request.headers.get(service.SIGNATURE_HEADER),
+        )
+        return Response(result, status_code=202 if result.status == "pending" else 200)
+
+    @post(
+        "/v1/users/{user_id:str}/checkout-sessions",
+        operation_id="createCheckoutSession",
+        summary="A Stripe Checkout session for a moment pack or a tier",
+        opt={"roles": ("service",), "idempotent": True},
+        status_code=201,
+    )
+    async def create_checkout_session(
+        self,
+        pool: Pool,
+        stripe_gateway: NamedDependency[StripeGateway | None],
+        catalog: Catalog,
+        settings: AppSettings,
+        caller: TheCaller,
+        idempotency_key: IdempotencyKey,
+        user_id: UserIdPath,
+        data: JSONBody[CheckoutCreate],
+    ) -> CheckoutOut:
+        return await service.checkout(
+            pool=pool,
+            gateway=stripe_gateway,
+            settings=settings.stripe,
+            catalog=catalog,
+            caller=caller,
+            user_id=user_id,
+            body=data,
+            key=idempotency_key,
+        )
+
+    @get(
+        "/v1/reconciliation/stripe",
+        operation_id="reconcileStripe",
+        summary="Stripe's events against the ledger's transactions, for a window",
+        opt={"roles": ("finance",)},
+    )
+    async def reconcile_stripe(self, read_pool: Pool, window: TimeWindow) -> ReconciliationOut:
+        return await service.reconcile(read_pool, since=window.since, until=window.until)

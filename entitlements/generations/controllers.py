@@ -1,0 +1,145 @@
+"""Generations: create, read, list, the video, and support's refunds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import File
+
+from entitlements.errors import Unavailable
+from entitlements.generations import service
+from entitlements.generations.dispatcher import Dispatcher
+from entitlements.generations.schemas import (
+    GenerationCreate,
+    GenerationOut,
+    GenerationsPage,
+    RefundCreate,
+    RefundOut,
+)
+from entitlements.http import CursorQuery, UserIdPath
+from entitlements.http.deps import (
+    AppSettings,
+    Catalog,
+    IdempotencyKey,
+    LedgerService,
+    PageLimit,
+    Pool,
+    PriceTable,
+    TheCaller,
+)
+from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN
+
+ImageIdQuery = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1, max_length=IMAGE_ID_CHARS_MAX, pattern=IMAGE_ID_PATTERN, description="Only this image's."
+    ),
+]
+
+
+class GenerationsController(Controller):
+    tags = ["generations"]
+
+    @post(
+        "/v1/users/{user_id:str}/generations",
+        operation_id="createGeneration",
+        summary="Reserve the moments and queue a video",
+        opt={"roles": ("service",), "idempotent": True},
+        status_code=202,
+    )
+    async def create_generation(
+        self,
+        pool: Pool,
+        ledger_service: LedgerService,
+        catalog: Catalog,
+        price_table: PriceTable,
+        settings: AppSettings,
+        dispatcher: NamedDependency[Dispatcher | None],
+        caller: TheCaller,
+        idempotency_key: IdempotencyKey,
+        user_id: UserIdPath,
+        data: JSONBody[GenerationCreate],
+    ) -> GenerationOut:
+        generation = await service.create(
+            pool=pool,
+            ledger_service=ledger_service,
+            catalog=catalog,
+            table=price_table,
+            caller=caller,
+            user_id=user_id,
+            body=data,
+            key=idempotency_key,
+            hold_ttl_s=settings.generation.hold_ttl_s,
+        )
+        if dispatcher is not None:
+            dispatcher.wake()
+        return generation
+
+    @get(
+        "/v1/generations/{generation_id:str}",
+        operation_id="getGeneration",
+        summary="One generation",
+        opt={"roles": ("service", "support")},
+    )
+    async def get_generation(self, pool: Pool, generation_id: FromPath[str]) -> GenerationOut:
+        return await service.get(pool, generation_id)
+
+    @get(
+        "/v1/users/{user_id:str}/generations",
+        operation_id="listGenerations",
+        summary="A user's generations, newest first",
+        opt={"roles": ("service", "support")},
+    )
+    async def list_generations(
+        self,
+        pool: Pool,
+        user_id: UserIdPath,
+        page_limit: PageLimit,
+        cursor: CursorQuery = None,
+        image_id: ImageIdQuery = None,
+    ) -> GenerationsPage:
+        return await service.list_for_user(pool, user_id, image_id=image_id, limit=page_limit, cursor=cursor)
+
+    @get(
+        "/v1/generations/{generation_id:str}/video",
+        operation_id="getGenerationVideo",
+        summary="The delivered MP4 (409 video_unavailable before it exists)",
+        opt={"roles": ("service", "support")},
+        media_type="video/mp4",
+    )
+    async def get_generation_video(self, pool: Pool, generation_id: FromPath[str]) -> File:
+        path = await service.video_path(pool, generation_id)
+        if not await asyncio.to_thread(path.is_file):
+            raise Unavailable("the video file is not reachable from this server")
+        return File(
+            path=path, media_type="video/mp4", filename=f"{generation_id}.mp4", content_disposition_type="inline"
+        )
+
+    @post(
+        "/v1/generations/{generation_id:str}/refund",
+        operation_id="refundGeneration",
+        summary="Refund a delivered generation, whole or in part",
+        opt={"roles": ("support",), "idempotent": True},
+        status_code=201,
+    )
+    async def refund_generation(
+        self,
+        pool: Pool,
+        ledger_service: LedgerService,
+        caller: TheCaller,
+        idempotency_key: IdempotencyKey,
+        generation_id: FromPath[str],
+        data: JSONBody[RefundCreate],
+    ) -> RefundOut:
+        return await service.refund(
+            pool=pool,
+            ledger_service=ledger_service,
+            caller=caller,
+            generation_id=generation_id,
+            body=data,
+            key=idempotency_key,
+        )

@@ -1,0 +1,71 @@
+"""Generations: requests and responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+import ledger
+from entitlements.quotes import DurationS, ModeName, ResolutionName
+from entitlements.schemas import (
+    IMAGE_ID_CHARS_MAX,
+    IMAGE_ID_PATTERN,
+    PROMPT_CHARS_MAX,
+    TEXT_PATTERN,
+    Reason,
+    Struct,
+)
+
+GenerationStatus = Literal["queued", "running", "succeeded", "failed", "refunded"]
+ImageId = Annotated[str, msgspec.Meta(min_length=1, max_length=IMAGE_ID_CHARS_MAX, pattern=IMAGE_ID_PATTERN)]
+
+
+class GenerationCreate(Struct, frozen=True):
+    image_id: ImageId
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=PROMPT_CHARS_MAX, pattern=TEXT_PATTERN)]
+    mode: ModeName
+    resolution: ResolutionName | None = None
+    duration_s: DurationS | None = None
+    audio: bool | None = None
+
+
+class RefundCreate(Struct, frozen=True):
+    reason: Reason
+    # Omitted: everything still charged.
+    moments: Annotated[int, msgspec.Meta(ge=1, le=ledger.AMOUNT_MOMENTS_MAX)] | None = None
+
+
+class GenerationOut(Struct, frozen=True):
+    id: str
+    user_id: str
+    image_id: str
+    prompt: str
+    mode: str
+    resolution: str
+    duration_s: int
+    audio: bool
+    # The price quoted and held when the generation was created.
+    moments: int
+    # Reserved for it while queued or running; 0 once settled.
+    held: int
+    # What the user has paid for it: 0 until it succeeds, then `moments` less any refund.
+    charged: int
+    price_version: str
+    status: GenerationStatus
+    error: str | None
+    video_url: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RefundOut(Struct, frozen=True):
+    transaction_id: int
+    refunded: int
+    generation: GenerationOut
+
+
+class GenerationsPage(Struct, frozen=True):
+    items: list[GenerationOut]
+    next_cursor: str | None

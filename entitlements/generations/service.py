@@ -1,0 +1,353 @@
+"""The generation flow: create (gate, quote, hold + row + job in one transaction), read, settle, refund.
+
+Settling is the only way a generation leaves `queued`/`running`, and it happens in one transaction with
+its ledger effect: succeeded ⇔ hold captured, failed ⇔ hold voided. A row lock on the generation
+serialises the dispatcher, the sweeper and support, so each generation settles exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+import ledger
+import pricing
+from entitlements import idempotency, quotes, tiers
+from entitlements.errors import NotFound, NotRefundable, VideoUnavailable
+from entitlements.generations import queries
+from entitlements.generations.schemas import (
+    GenerationCreate,
+    GenerationOut,
+    GenerationsPage,
+    RefundCreate,
+    RefundOut,
+)
+from entitlements.keys import Caller
+
+log = structlog.get_logger("moments.generations")
+SETTLER = "system:dispatcher"
+SWEEPER = "system:sweeper"
+GENERATIONS_CURSOR = "g1"
+ERROR_CHARS_MAX = 1000
+VOID_REASON_CHARS_MAX = 500
+WITH_VIDEO = frozenset({"succeeded", "refunded"})
+UNSETTLED = frozenset({"queued", "running"})
+
+
+def held(row: asyncpg.Record) -> int:
+    return int(row["hold_amount"]) if row["hold_status"] == "open" else 0
+
+
+def charged(row: asyncpg.Record) -> int:
+    """What the user has paid for this generation: the capture less refunds; nothing before it succeeds."""
+    if row["hold_status"] == "captured":
+        return int(row["hold_captured"] - row["hold_refunded"])
+    return 0
+
+
+def to_out(row: asyncpg.Record) -> GenerationOut:
+    return GenerationOut(
+        id=str(row["id"]),
+        user_id=row["user_id"],
+        image_id=row["image_id"],
+        prompt=row["prompt"],
+        mode=row["mode"],
+        resolution=row["resolution"],
+        duration_s=row["duration_s"],
+        audio=row["audio"],
+        moments=row["moments"],
+        held=held(row),
+        charged=charged(row),
+        price_version=row["price_version"],
+        status=row["status"],
+        error=row["error"],
+        video_url=f"/v1/generations/{row['id']}/video" if row["status"] in WITH_VIDEO else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def parse_generation_id(generation_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(generation_id)
+    except ValueError:
+        raise NotFound(f"generation {generation_id[:80]} does not exist") from None
+
+
+async def fetch(
+    connection: ledger.Connection | asyncpg.Pool, generation_id: uuid.UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    row = await connection.fetchrow(queries.FETCH_FOR_UPDATE if lock else queries.FETCH, generation_id)
+    if row is None:
+        raise NotFound(f"generation {generation_id} does not exist")
+    return row
+
+
+async def get(pool: asyncpg.Pool, generation_id: str) -> GenerationOut:
+    return to_out(await fetch(pool, parse_generation_id(generation_id)))
+
+
+async def video_path(pool: asyncpg.Pool, generation_id: str) -> Path:
+    """The file of a delivered video; `VideoUnavailable` while there is none (yet, or on this server)."""
+    row = await fetch(pool, parse_generation_id(generation_id))
+    if row["status"] not in WITH_VIDEO or row["video_path"] is None:
+        raise VideoUnavailable(f"generation {generation_id} has no video (status {row['status']})")
+    return Path(row["video_path"])
+
+
+def hold_reason(quote: pricing.Quote) -> str:
+    audio = "with audio" if quote.audio else "without audio"
+    return f"video: {quote.mode}, {quote.resolution}, {quote.duration_s} s, {audio}"
+
+
+async def create(
+    *,
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    catalog: pricing.Catalog,
+    table: pricing.PriceTable,
+    caller: Caller,
+    user_id: str,
+    body: GenerationCreate,
+    key: str,
+    hold_ttl_s: int,
+) -> GenerationOut:
+    quote = quotes.quote(
+        table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
+    )
+    fingerprint = idempotency.request_hash("create_generation", user_id, body)
+    async with pool.acquire() as connection, connection.transaction():
+        stored = await idempotency.claim(
+            connection,
+            caller_key_id=caller.key_id,
+            key=key,
+            operation="create_generation",
+            fingerprint=fingerprint,
+            answer=GenerationOut,
+        )
+        if stored is not None:
+            return stored
+        # The gate reads inside the transaction; the hold then re-checks debt under the user's row lock.
+        await tiers.check_video_gate(connection, ledger_service, catalog, user_id)
+        generation_id = uuid.uuid4()
+        now = datetime.now(UTC)
+        (outcome,) = await ledger_service.execute_in(
+            connection,
+            [
+                ledger.Hold(
+                    key=f"generation:{generation_id}:hold",
+                    user_id=user_id,
+                    actor=caller.actor,
+                    reason=hold_reason(quote),
+                    reference=f"generation:{generation_id}",
+                    amount=quote.moments,
+                    expires_at=now + timedelta(seconds=hold_ttl_s),
+                )
+            ],
+            now=now,
+        )
+        if isinstance(outcome, ledger.LedgerRuleError):
+            raise outcome
+        assert outcome.hold_id is not None
+        await connection.execute(
+            queries.INSERT_GENERATION,
+            generation_id,
+            user_id,
+            body.image_id,
+            body.prompt,
+            quote.mode,
+            quote.resolution,
+            quote.duration_s,
+            quote.audio,
+            quote.moments,
+            table.version,
+            outcome.hold_id,
+            now,
+        )
+        await connection.execute(queries.INSERT_JOB, generation_id)
+        response = to_out(await fetch(connection, generation_id))
+        await idempotency.store(connection, caller_key_id=caller.key_id, key=key, answer=response)
+    log.info("generation_created", generation_id=str(generation_id), user_id=user_id, moments=quote.moments)
+    return response
+
+
+async def list_for_user(
+    pool: asyncpg.Pool, user_id: str, *, image_id: str | None, limit: int, cursor: str | None
+) -> GenerationsPage:
+    after = _decode_cursor(cursor)
+    rows = await pool.fetch(
+        queries.LIST_FOR_USER,
+        user_id,
+        image_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit + 1,
+    )
+    items = [to_out(row) for row in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    next_cursor = (
+        ledger.encode_cursor(GENERATIONS_CURSOR, last["created_at"].isoformat(), str(last["id"])) if last else None
+    )
+    return GenerationsPage(items=items, next_cursor=next_cursor)
+
+
+def _decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if cursor is None:
+        return None
+    created_at, generation_id = ledger.decode_cursor(cursor, GENERATIONS_CURSOR, 2)
+    try:
+        return datetime.fromisoformat(created_at), uuid.UUID(generation_id)
+    except ValueError:
+        raise ledger.InvalidCursor from None
+
+
+async def settle_success(
+    pool: asyncpg.Pool, ledger_service: ledger.Ledger, generation_id: uuid.UUID, video_path: Path, video_bytes: int
+) -> bool:
+    """Captures the hold and marks the generation succeeded, once; False if it had already settled."""
+    settled = await _settle(
+        pool,
+        ledger_service,
+        generation_id,
+        lambda row: ledger.Capture(
+            key=f"generation:{generation_id}:capture",
+            user_id=row["user_id"],
+            actor=SETTLER,
+            reason="video delivered",
+            reference=f"generation:{generation_id}",
+            hold_id=row["hold_id"],
+        ),
+        queries.MARK_SUCCEEDED,
+        str(video_path),
+        video_bytes,
+    )
+    if settled:
+        log.info("generation_succeeded", generation_id=str(generation_id))
+    return settled
+
+
+async def settle_failure(
+    pool: asyncpg.Pool, ledger_service: ledger.Ledger, generation_id: uuid.UUID, error: str, *, expired: bool = False
+) -> bool:
+    """Voids the hold (the user gets every moment back) and marks the generation failed, once."""
+    settled = await _settle(
+        pool,
+        ledger_service,
+        generation_id,
+        lambda row: ledger.Void(
+            key=f"generation:{generation_id}:void",
+            user_id=row["user_id"],
+            actor=SWEEPER if expired else SETTLER,
+            reason=error[:VOID_REASON_CHARS_MAX],
+            reference=f"generation:{generation_id}",
+            hold_id=row["hold_id"],
+            expired=expired,
+        ),
+        queries.MARK_FAILED,
+        error[:ERROR_CHARS_MAX],
+    )
+    if settled:
+        log.info("generation_failed", generation_id=str(generation_id), error=error[:200])
+    return settled
+
+
+async def _settle(
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    generation_id: uuid.UUID,
+    settle_hold: Callable[[asyncpg.Record], ledger.Capture | ledger.Void],
+    update_generation: str,
+    *update_arguments: Any,
+) -> bool:
+    """One transaction under the generation's row lock: the hold's capture or void, the generation's final
+    status and the job's end, or nothing at all if another settler got there first."""
+    async with pool.acquire() as connection, connection.transaction():
+        row = await fetch(connection, generation_id, lock=True)
+        if row["status"] not in UNSETTLED:
+            await finish_job(connection, generation_id)
+            return False
+        (outcome,) = await ledger_service.execute_in(connection, [settle_hold(row)])
+        if isinstance(outcome, ledger.LedgerRuleError):
+            # The hold is no longer open although the generation is unsettled: settle nothing, roll back.
+            log.error("settlement_refused", generation_id=str(generation_id), error=str(outcome))
+            raise outcome
+        await connection.execute(update_generation, generation_id, *update_arguments)
+        await finish_job(connection, generation_id)
+    return True
+
+
+async def finish_job(connection: ledger.Connection | asyncpg.Pool, generation_id: uuid.UUID) -> None:
+    await connection.execute(queries.FINISH_JOB, generation_id)
+
+
+async def mark_running(pool: asyncpg.Pool, generation_id: uuid.UUID) -> None:
+    await pool.execute(queries.MARK_RUNNING, generation_id)
+
+
+async def refund(
+    *,
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    caller: Caller,
+    generation_id: str,
+    body: RefundCreate,
+    key: str,
+) -> RefundOut:
+    parsed_id = parse_generation_id(generation_id)
+    fingerprint = idempotency.request_hash("refund_generation", str(parsed_id), body)
+    async with pool.acquire() as connection, connection.transaction():
+        stored = await idempotency.claim(
+            connection,
+            caller_key_id=caller.key_id,
+            key=key,
+            operation="refund_generation",
+            fingerprint=fingerprint,
+            answer=RefundOut,
+        )
+        if stored is not None:
+            return stored
+        row = await fetch(connection, parsed_id, lock=True)
+        if row["status"] != "succeeded":
+            raise NotRefundable(f"generation {parsed_id} is {row['status']}; only a succeeded one can be refunded")
+        remaining = charged(row)
+        amount = remaining if body.moments is None else body.moments
+        if amount > remaining:
+            raise NotRefundable(f"{amount} moments exceed the {remaining} still charged for this generation")
+        (outcome,) = await ledger_service.execute_in(
+            connection,
+            [
+                ledger.Refund(
+                    key=f"generation:{parsed_id}:refund:{caller.key_id}:{key}",
+                    user_id=row["user_id"],
+                    actor=caller.actor,
+                    reason=body.reason,
+                    reference=f"generation:{parsed_id}",
+                    hold_id=row["hold_id"],
+                    amount=amount,
+                )
+            ],
+        )
+        if isinstance(outcome, ledger.LedgerRuleError):
+            raise outcome
+        assert outcome.transaction_id is not None
+        await connection.execute(queries.MARK_REFUNDED if amount == remaining else queries.TOUCH, parsed_id)
+        after = await fetch(connection, parsed_id)
+        response = RefundOut(transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after))
+        await idempotency.store(connection, caller_key_id=caller.key_id, key=key, answer=response)
+    return response
+
+
+AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (
+    (
+        "generations_settled_once",
+        "every generation's hold matches its status: open while queued or running, captured once succeeded "
+        "or refunded (fully refunded when refunded), voided or expired once failed",
+        queries.SETTLED_ONCE_VIOLATIONS,
+    ),
+)

@@ -1,0 +1,100 @@
+"""Parameters every domain's endpoints share, each checked in one place and documented in OpenAPI.
+
+Handlers ask for them by name (`idempotency_key`, `page_limit`, `window`, `caller`); Litestar's dependency
+injection calls these providers with the request's header, query and state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Request
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, PathParameter, QueryParameter
+
+import ledger
+from entitlements.errors import IdempotencyKeyRequired, ValidationFailed
+from entitlements.keys import Caller
+from entitlements.schemas import IDEMPOTENCY_KEY_CHARS_MAX, USER_ID_CHARS_MAX, USER_ID_PATTERN, aware
+from entitlements.settings import Settings
+
+# The largest `limit` any page takes, whatever PAGE_SIZE_MAX says; the setting may only lower it.
+LIMIT_MAX = 1000
+IDEMPOTENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+UserIdPath = Annotated[
+    str,
+    PathParameter(
+        description="The user's id in the calling product: 1-200 characters, no ':' and no control characters.",
+        min_length=1,
+        max_length=USER_ID_CHARS_MAX,
+        pattern=USER_ID_PATTERN,
+    ),
+]
+
+
+# What a header's kwarg is called in a validation error: the header's own name, as the client sent it.
+HEADER_FIELDS = {"idempotency_key_header": "Idempotency-Key"}
+
+
+def provide_idempotency_key(
+    idempotency_key_header: Annotated[
+        str | None,
+        HeaderParameter(
+            name="Idempotency-Key",
+            required=True,
+            min_length=1,
+            max_length=IDEMPOTENCY_KEY_CHARS_MAX,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description="Makes this money-changing request safe to retry: the same key with the same body "
+            "replays the first answer; with another body it is 409 idempotency_key_reused.",
+        ),
+    ] = None,
+) -> str:
+    if idempotency_key_header is None:
+        raise IdempotencyKeyRequired("this request changes money: send an Idempotency-Key header")
+    return idempotency_key_header
+
+
+def provide_limit(
+    settings: NamedDependency[Settings],
+    limit: Annotated[
+        int | None, QueryParameter(ge=1, le=LIMIT_MAX, description="Page size; PAGE_SIZE_MAX bounds it.")
+    ] = None,
+) -> int:
+    if limit is None:
+        return settings.api.page_size_default
+    if limit > settings.api.page_size_max:
+        raise ValidationFailed("limit", f"must be between 1 and {settings.api.page_size_max}")
+    return limit
+
+
+CursorQuery = Annotated[
+    str | None, QueryParameter(max_length=ledger.CURSOR_CHARS_MAX, description="next_cursor of the previous page.")
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A since/until pair of instants in UTC; either end may be open."""
+
+    since: datetime | None
+    until: datetime | None
+
+
+def provide_window(
+    since: Annotated[datetime | None, QueryParameter(description="From this instant (inclusive), RFC 3339.")] = None,
+    until: Annotated[datetime | None, QueryParameter(description="Up to this instant (exclusive), RFC 3339.")] = None,
+) -> Window:
+    window = Window(aware(since), aware(until))
+    if window.since is not None and window.until is not None and window.since > window.until:
+        raise ValidationFailed("until", "must not be before since")
+    return window
+
+
+def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+    caller = request.state.get("caller")
+    assert isinstance(caller, Caller), "the role guard runs before every handler that asks for its caller"
+    return caller

@@ -1,0 +1,49 @@
+"""API-level idempotency: the first answer to a (caller, Idempotency-Key) is stored in the same database
+transaction as its effect and replayed for the same request; another request under that key is refused.
+
+Concurrent requests with one key serialise on the record's primary key: the second INSERT waits for the
+first transaction and then finds its answer (or, if it rolled back, proceeds itself). Each operation
+answers with one status, which its route declares, so only the body is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, TypeVar
+
+import msgspec
+
+import ledger
+from entitlements.errors import IdempotencyKeyReused
+from entitlements.idempotency import queries
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def request_hash(operation: str, *parts: Any) -> bytes:
+    return hashlib.sha256(msgspec.json.encode([operation, *parts])).digest()
+
+
+async def claim(
+    connection: ledger.Connection, *, caller_key_id: int, key: str, operation: str, fingerprint: bytes, answer: type[T]
+) -> T | None:
+    """Inside the caller's transaction: None if this request is the first with the key (go ahead and
+    store your answer), else the stored answer to replay. A different request under the key is refused."""
+    if await connection.fetchval(queries.CLAIM, caller_key_id, key, operation, fingerprint):
+        return None
+    row = await connection.fetchrow(queries.STORED, caller_key_id, key)
+    assert row is not None, "the conflicting claim committed, so its row is visible"
+    assert row["response_body"] is not None, "a committed claim always has its answer"
+    if row["operation"] != operation or bytes(row["request_hash"]) != fingerprint:
+        raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request")
+    decoder = _decoders.get(answer)
+    if decoder is None:
+        decoder = _decoders[answer] = msgspec.json.Decoder(answer)
+    replayed: T = decoder.decode(row["response_body"])
+    return replayed
+
+
+async def store(connection: ledger.Connection, *, caller_key_id: int, key: str, answer: msgspec.Struct) -> None:
+    await connection.execute(queries.STORE, caller_key_id, key, _encoder.encode(answer).decode())
