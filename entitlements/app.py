@@ -38,12 +38,13 @@ from entitlements.http import (
     role_guard,
 )
 from entitlements.http.controllers import HealthController
-from entitlements.http.observability import configure_logging, request_logging_middleware
+from entitlements.http.observability import request_logging_middleware
 from entitlements.keys.controllers import KeysController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.settings import GenerationSettings, Settings
 from entitlements.tiers.controllers import TiersController
 from generation_client import WorkerClient
+from generation_client.logs import configure_logging
 
 # Invariants beyond the ledger's own that `audit` also checks (the generations' settlement, and that
 # Stripe events and their ledger transactions match).

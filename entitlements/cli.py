@@ -142,6 +142,9 @@ def _serve(host: str, port: int, workers: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
+    from entitlements.settings import ApiSettings
+    from generation_client.logs import granian_log_config
+
     Granian(
         "entitlements.app:create_app_from_env",
         factory=True,
@@ -150,6 +153,7 @@ def _serve(host: str, port: int, workers: int) -> None:
         interface=Interfaces.ASGI,
         workers=workers,
         log_access=False,
+        log_dictconfig=granian_log_config(ApiSettings.from_env().log_format),
     ).serve()
 
 

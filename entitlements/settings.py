@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from generation_client.logs import LogFormat
 
 
 class SettingsError(ValueError):
@@ -92,11 +95,11 @@ class ApiSettings:
     page_size_max: int
     request_body_bytes_max: int
     support_grant_moments_max: int
-    log_format: str  # "json", "console", or "auto" (console on a TTY)
+    log_format: LogFormat  # "json", "console", or "auto" (console on a TTY)
 
     @classmethod
     def from_env(cls) -> ApiSettings:
-        log_format = _text("LOG_FORMAT", "auto")
+        log_format: Any = _text("LOG_FORMAT", "auto")
         if log_format not in {"json", "console", "auto"}:
             raise SettingsError(f"LOG_FORMAT must be json, console or auto, got {log_format!r}")
         page_size_max = _int("PAGE_SIZE_MAX", 200, minimum=1, maximum=1000)

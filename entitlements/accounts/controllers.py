@@ -8,16 +8,17 @@ from litestar.params import FromQuery, JSONBody
 import ledger
 from entitlements.accounts import service
 from entitlements.accounts.schemas import GrantCreate, GrantOut, HistoryPage, TransactionsPage
-from entitlements.http import CursorQuery, UserIdPath
-from entitlements.http.deps import (
+from entitlements.http import (
     AppSettings,
     AuditChecks,
+    CursorQuery,
     IdempotencyKey,
     LedgerService,
     PageLimit,
     Pool,
     TheCaller,
     TimeWindow,
+    UserIdPath,
 )
 
 

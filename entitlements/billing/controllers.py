@@ -12,8 +12,16 @@ from litestar.params import JSONBody
 from entitlements.billing import service
 from entitlements.billing.schemas import WebhookOut
 from entitlements.billing.service import CheckoutCreate, CheckoutOut, ReconciliationOut, StripeGateway
-from entitlements.http import UserIdPath
-from entitlements.http.deps import AppSettings, Catalog, IdempotencyKey, LedgerService, Pool, TheCaller, TimeWindow
+from entitlements.http import (
+    AppSettings,
+    Catalog,
+    IdempotencyKey,
+    LedgerService,
+    Pool,
+    TheCaller,
+    TimeWindow,
+    UserIdPath,
+)
 
 log = structlog.get_logger("moments.stripe")
 

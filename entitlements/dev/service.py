@@ -59,7 +59,7 @@ def pick_port(preferred: int) -> int:
 
 def _database_port() -> int:
     """The port this folder's database listens on: the one kept in .data/, or a new one kept from now on."""
-    if DATABASE_PORT_FILE.exists():
+    if DATABASE_PORT_FILE.exists() and DATABASE_PORT_FILE.read_text().strip().isdigit():
         kept = int(DATABASE_PORT_FILE.read_text().strip())
         # Busy but not by our own server (which would have a pid file): another program took it.
         if port_free(kept) or (DATA_DIR / "pg" / "postmaster.pid").exists():
@@ -93,7 +93,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) 
         if process.poll() is not None:
             raise SystemExit(f"the process for {url} exited with status {process.returncode}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=1.0).is_success:
                 return
         time.sleep(HEALTH_POLL_S)
     raise SystemExit(f"{url} did not become healthy within {timeout_s} s")

@@ -20,16 +20,17 @@ from entitlements.generations.schemas import (
     RefundCreate,
     RefundOut,
 )
-from entitlements.http import CursorQuery, UserIdPath
-from entitlements.http.deps import (
+from entitlements.http import (
     AppSettings,
     Catalog,
+    CursorQuery,
     IdempotencyKey,
     LedgerService,
     PageLimit,
     Pool,
     PriceTable,
     TheCaller,
+    UserIdPath,
 )
 from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN
 

@@ -3,6 +3,18 @@ parameters, request logs and metrics, health."""
 
 from entitlements.http.auth import OPENAPI_PATH_PREFIX, allowed_roles, role_guard
 from entitlements.http.body import STRICT_BODY
+from entitlements.http.deps import (
+    AppSettings,
+    AuditChecks,
+    Catalog,
+    IdempotencyKey,
+    LedgerService,
+    PageLimit,
+    Pool,
+    PriceTable,
+    TheCaller,
+    TimeWindow,
+)
 from entitlements.http.params import (
     CursorQuery,
     UserIdPath,
@@ -20,7 +32,17 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "STATUS_BY_CODE",
     "STRICT_BODY",
+    "AppSettings",
+    "AuditChecks",
+    "Catalog",
     "CursorQuery",
+    "IdempotencyKey",
+    "LedgerService",
+    "PageLimit",
+    "Pool",
+    "PriceTable",
+    "TheCaller",
+    "TimeWindow",
     "UserIdPath",
     "Window",
     "allowed_roles",

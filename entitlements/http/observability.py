@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import re
-import sys
 import time
 import uuid
-from typing import Any
 
 import structlog
 from litestar.enums import ScopeType
@@ -20,23 +17,6 @@ _REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 REQUESTS = Counter("moments_http_requests_total", "HTTP requests", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram("moments_http_request_seconds", "HTTP request latency", ["method", "route"])
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-def configure_logging(log_format: str = "auto") -> None:
-    use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
-    renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def metrics_text() -> bytes:

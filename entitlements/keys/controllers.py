@@ -7,8 +7,7 @@ from typing import Annotated
 from litestar import Controller, get, post
 from litestar.params import JSONBody, PathParameter
 
-from entitlements.http import CursorQuery
-from entitlements.http.deps import PageLimit, Pool
+from entitlements.http import CursorQuery, PageLimit, Pool
 from entitlements.keys import service
 from entitlements.keys.schemas import KeyCreate, KeyCreated, KeyOut, KeysPage
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get, post
 from litestar.params import JSONBody
 
-from entitlements.http.deps import PriceTable
+from entitlements.http import PriceTable
 from entitlements.keys import ROLES
 from entitlements.quotes import service
 from entitlements.quotes.schemas import PricingOut, QuoteCreate, QuoteOut

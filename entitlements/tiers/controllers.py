@@ -5,8 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get, put
 from litestar.params import JSONBody
 
-from entitlements.http import UserIdPath
-from entitlements.http.deps import Catalog, LedgerService, Pool, PriceTable
+from entitlements.http import Catalog, LedgerService, Pool, PriceTable, UserIdPath
 from entitlements.tiers import service
 from entitlements.tiers.schemas import EntitlementsOut, SubscriptionOut, SubscriptionSet
 

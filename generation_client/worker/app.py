@@ -22,6 +22,7 @@ from litestar.exceptions import ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.response import File
 
+from generation_client.logs import configure_logging, granian_log_config
 from generation_client.schemas import JobRequest, JobStatus
 from generation_client.worker.jobs import (
     JobConflict,
@@ -147,6 +148,7 @@ async def healthz() -> dict[str, str]:
 def create_app(settings: WorkerSettings | None = None) -> Litestar:
     """The worker app; `settings` None reads them from the environment (WorkerSettings.from_env)."""
     settings = WorkerSettings.from_env() if settings is None else settings
+    configure_logging(settings.log_format)
     store = JobStore(settings)
 
     def provide_jobs() -> JobStore:
@@ -192,4 +194,5 @@ def serve(host: str, port: int, settings: WorkerSettings) -> None:
         port=port,
         interface=Interfaces.ASGI,
         workers=1,
+        log_dictconfig=granian_log_config(settings.log_format),
     ).serve()

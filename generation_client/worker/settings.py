@@ -6,7 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, TypeVar, get_args
+
+from generation_client.logs import LogFormat
 
 VIDEO_DIR_DEFAULT: Final = Path(".data/worker-videos")
 MAX_CONCURRENT_RENDERS_DEFAULT: Final = 2
@@ -36,6 +38,9 @@ def _name(field_name: str) -> str:
     return f"{field_name} ({ENVIRONMENT_VARIABLES[field_name]})"
 
 
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """How the bundled worker renders and which faults it injects."""
@@ -58,8 +63,12 @@ class WorkerSettings:
     seed: int | None = None
     # Jobs queued or running (hung ones excepted) at once; a submit past it answers 503, retryable.
     active_jobs_max: int = ACTIVE_JOBS_MAX_DEFAULT
+    # "json", "console", or "auto" (console on a terminal, JSON otherwise), as the API's LOG_FORMAT.
+    log_format: LogFormat = "auto"
 
     def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format}")
         if not 0.0 <= self.failure_rate <= 1.0:
             raise ValueError(f"{_name('failure_rate')} must be within 0..1, got {self.failure_rate}")
         if not 0.0 <= self.hang_rate <= 1.0:
@@ -96,6 +105,7 @@ class WorkerSettings:
             max_concurrent_renders=_parse(env, "WORKER_MAX_CONCURRENT_RENDERS", int, MAX_CONCURRENT_RENDERS_DEFAULT),
             seed=_parse(env, "WORKER_SEED", int, 0) if seed else None,
             active_jobs_max=_parse(env, "WORKER_ACTIVE_JOBS_MAX", int, ACTIVE_JOBS_MAX_DEFAULT),
+            log_format=env.get("LOG_FORMAT", "").strip() or "auto",  # type: ignore[arg-type]
         )
 
     def to_env(self) -> dict[str, str]:
@@ -113,6 +123,7 @@ class WorkerSettings:
             "WORKER_MAX_CONCURRENT_RENDERS": str(self.max_concurrent_renders),
             "WORKER_SEED": "" if self.seed is None else str(self.seed),
             "WORKER_ACTIVE_JOBS_MAX": str(self.active_jobs_max),
+            "LOG_FORMAT": self.log_format,
         }
 
 

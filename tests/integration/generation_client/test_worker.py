@@ -477,3 +477,11 @@ async def test_restarts_keep_finished_jobs_and_resume_interrupted_ones(tmp_path:
     assert probe(tmp_path / "interrupted.mp4").frames == DURATION_S * FRAMES_PER_SECOND
     # The killed worker's temporary files are gone.
     assert not list(video_dir.glob(".*.partial"))
+
+
+async def test_the_worker_logs_json_lines_when_not_on_a_terminal(worker: RunningWorker) -> None:
+    await asyncio.sleep(0.2)  # granian's "Started worker-1" comes just after /healthz answers
+    lines = [line for line in worker.log_path.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line, granian's own included, is JSON
+    assert any(event.get("event") == "worker_started" for event in events), lines
+    assert all({"event", "level", "timestamp"} <= set(event) for event in events), lines

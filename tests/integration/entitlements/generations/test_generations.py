@@ -322,6 +322,9 @@ async def test_generation_succeeds_captures_once_and_serves_the_video(
     assert (hold["delta_available"], hold["delta_held"]) == (-price, price)
     assert (capture["delta_available"], capture["delta_held"]) == (0, -price)
     assert hold["reference"] == capture["reference"] == f"generation:{created['id']}"
+    # A hold's reason is for support to read: the request in words, not Python (`audio=True`).
+    with_audio = "with audio" if audio else "without audio"
+    assert hold["reason"] == f"video: {request_body['mode']}, {resolution}, {duration_s} s, {with_audio}"
     assert await transaction_kinds(pool, created["id"]) == Counter({"hold": 1, "capture": 1})
     assert (await hold_of(pool, created["id"]))["status"] == "captured"
 
