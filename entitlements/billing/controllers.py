@@ -9,9 +9,9 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from entitlements.billing import service
-from entitlements.billing.schemas import WebhookOut
-from entitlements.billing.service import CheckoutCreate, CheckoutOut, ReconciliationOut, StripeGateway
+from entitlements.billing import reconciliation, service
+from entitlements.billing.schemas import CheckoutCreate, CheckoutOut, ReconciliationOut, WebhookOut
+from entitlements.billing.service import StripeGateway
 from entitlements.http import UserIdPath
 from entitlements.http.deps import AppSettings, Catalog, IdempotencyKey, LedgerService, Pool, TheCaller, TimeWindow
 
@@ -86,4 +86,4 @@ class BillingController(Controller):
         opt={"roles": ("finance",)},
     )
     async def reconcile_stripe(self, read_pool: Pool, window: TimeWindow) -> ReconciliationOut:
-        return await service.reconcile(read_pool, since=window.since, until=window.until)
+        return await reconciliation.reconcile(read_pool, since=window.since, until=window.until)
