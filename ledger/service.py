@@ -115,6 +115,16 @@ class Ledger:
             return Balances(available=0, held=0, owed=0)
         return Balances(available=row["available"], held=row["held"], owed=row["owed"])
 
+    async def reference_of(self, key: str, *, connection: Connection | asyncpg.Pool | None = None) -> str | None:
+        """The `reference` of the transaction written under idempotency key `key` (None if no transaction
+        has that key, or it has no reference): who already did what an IdempotencyConflict refused.
+        Pass `connection` to read inside a transaction of the caller's."""
+        reader = connection if connection is not None else self.pool
+        reference: str | None = await reader.fetchval(
+            "SELECT reference FROM ledger_transactions WHERE idempotency_key = $1", key
+        )
+        return reference
+
     async def history(self, user_id: str, *, limit: int, cursor: str | None) -> Page[HistoryItem]:
         assert 1 <= limit <= PAGE_SIZE_MAX
         before = decode_id_cursor(cursor, HISTORY_CURSOR)

@@ -1,5 +1,11 @@
-"""Billing: Stripe's events, Checkout, and reconciliation against the ledger."""
+"""Billing: Stripe's events, Checkout, and reconciliation against the ledger.
 
-from entitlements.billing.service import AUDIT_CHECKS, StripeGateway, make_gateway, reapply_pending_events
+events.py (Stripe's payload views), handlers.py (what each event type does), service.py (the webhook,
+storing and retrying events, Checkout), reconciliation.py (finance's reconciliation and the audit checks),
+queries.py (every SQL statement), schemas.py (bodies), controllers.py (routes).
+"""
+
+from entitlements.billing.reconciliation import AUDIT_CHECKS
+from entitlements.billing.service import StripeGateway, make_gateway, reapply_pending_events
 
 __all__ = ["AUDIT_CHECKS", "StripeGateway", "make_gateway", "reapply_pending_events"]

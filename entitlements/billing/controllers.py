@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from entitlements.billing import service
-from entitlements.billing.schemas import WebhookOut
-from entitlements.billing.service import CheckoutCreate, CheckoutOut, ReconciliationOut, StripeGateway
+from entitlements.billing import reconciliation, service
+from entitlements.billing.schemas import CheckoutCreate, CheckoutOut, ReconciliationOut, WebhookOut
+from entitlements.billing.service import StripeGateway
 from entitlements.http import (
     AppSettings,
     Catalog,
@@ -22,8 +21,6 @@ from entitlements.http import (
     TimeWindow,
     UserIdPath,
 )
-
-log = structlog.get_logger("moments.stripe")
 
 
 class BillingController(Controller):
@@ -94,4 +91,4 @@ class BillingController(Controller):
         opt={"roles": ("finance",)},
     )
     async def reconcile_stripe(self, read_pool: Pool, window: TimeWindow) -> ReconciliationOut:
-        return await service.reconcile(read_pool, since=window.since, until=window.until)
+        return await reconciliation.reconcile(read_pool, since=window.since, until=window.until)

@@ -1,7 +1,8 @@
-"""Stripe's webhook answer (the other billing bodies sit with the service until it is split)."""
+"""Billing: the bodies of the webhook's answer, Checkout, and finance's reconciliation."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from entitlements.schemas import Struct
@@ -13,3 +14,78 @@ class WebhookOut(Struct, frozen=True):
     # before) / pending (stored; waits for what it refers to, retried by the sweeper).
     status: Literal["applied", "ignored", "duplicate", "pending"]
     detail: str | None
+
+
+class CheckoutCreate(Struct, frozen=True):
+    # Exactly one of the two: a moment pack's id, or a purchasable tier's name (pricing/catalog.toml).
+    pack: str | None = None
+    tier: str | None = None
+
+
+class CheckoutOut(Struct, frozen=True):
+    url: str
+    id: str
+
+
+class ReconciledTransaction(Struct, frozen=True):
+    transaction_id: int
+    kind: str
+    user_id: str
+    moments: int
+    reference: str | None
+    created_at: datetime
+
+
+class ReconciledEvent(Struct, frozen=True):
+    event_id: str
+    type: str
+    created: datetime
+    applied: bool
+    outcome: str | None
+    last_error: str | None
+    attempts: int
+    expected_kind: str | None
+    expected_moments: int | None
+    transactions: list[ReconciledTransaction]
+
+
+class Mismatch(Struct, frozen=True):
+    code: Literal[
+        "event_not_applied",
+        "event_without_transaction",
+        "transaction_without_event",
+        "unexpected_transaction",
+        "kind_differs",
+        "amount_differs",
+        "duplicate_transactions",
+    ]
+    detail: str
+    event_id: str | None = None
+    transaction_id: int | None = None
+
+
+class KindTotal(Struct, frozen=True):
+    kind: str
+    # What the events recorded, and what the ledger holds (including transactions without an event).
+    stripe_moments: int
+    ledger_moments: int
+    ledger_transactions: int
+
+
+class ReconciliationTotals(Struct, frozen=True):
+    events: int
+    applied: int
+    not_applied: int
+    credited_moments: int
+    clawed_back_moments: int
+    by_kind: list[KindTotal]
+
+
+class ReconciliationOut(Struct, frozen=True):
+    ok: bool
+    since: datetime | None
+    until: datetime | None
+    events: list[ReconciledEvent]
+    transactions_without_event: list[ReconciledTransaction]
+    totals: ReconciliationTotals
+    mismatches: list[Mismatch]

@@ -14,8 +14,7 @@ import pytest
 
 import ledger
 from entitlements.app import sweeper_for
-from entitlements.billing import service as stripe_service
-from entitlements.billing.service import SubscriptionState, refund_moments, subscription_update_refusal
+from entitlements.billing import handlers
 from entitlements.settings import GenerationSettings
 from tests.support.generations import assert_audit_ok
 from tests.support.http import Api
@@ -513,16 +512,6 @@ async def test_a_refund_of_spent_moments_creates_debt(api: Api, pool: asyncpg.Po
     await assert_audit_ok(api)
 
 
-def test_refund_moments_are_proportional_rounded_down_and_whole_on_a_full_refund() -> None:
-    assert refund_moments(1000, 999, 999) == 1000
-    assert refund_moments(1000, 1, 999) == 1
-    assert refund_moments(1000, 500, 999) == 500
-    assert refund_moments(5000, 1, 3999) == 1
-    assert refund_moments(5000, 3998, 3999) == 4998
-    assert refund_moments(1000, 5000, 999) == 1000  # never more than the purchase
-    assert refund_moments(1000, 0, 999) == 0
-
-
 async def test_a_dispute_lost_keeps_the_clawback(api: Api, pool: asyncpg.Pool) -> None:
     await buy_pack(api, pool, "u1")
     opened = dispute_event("charge.dispute.created")
@@ -625,13 +614,13 @@ async def test_a_failure_while_applying_leaves_the_event_stored_and_nothing_half
     api: Api, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await buy_pack(api, pool, "u1")
-    real = stripe_service.HANDLERS["charge.refunded"]
+    real = handlers.HANDLERS["charge.refunded"]
 
-    async def fails_after_the_ledger(context: Any) -> stripe_service.Effect:
+    async def fails_after_the_ledger(context: Any) -> handlers.Effect:
         await real(context)  # the clawback is written in the event's transaction …
         raise ConnectionResetError("the database went away")  # … and rolled back with it
 
-    monkeypatch.setitem(stripe_service.HANDLERS, "charge.refunded", fails_after_the_ledger)
+    monkeypatch.setitem(handlers.HANDLERS, "charge.refunded", fails_after_the_ledger)
     event = charge_refunded_event(amount_refunded=999)
     response = await deliver(api, event)
     assert response.status_code == 503
@@ -643,7 +632,7 @@ async def test_a_failure_while_applying_leaves_the_event_stored_and_nothing_half
     assert await pool.fetchval("SELECT refund_moments FROM stripe_purchases") == 0
     assert (await entitlements(api, "u1"))["balance"]["available"] == 1000
     await assert_audit_ok(api)
-    monkeypatch.setitem(stripe_service.HANDLERS, "charge.refunded", real)
+    monkeypatch.setitem(handlers.HANDLERS, "charge.refunded", real)
     # Retried by the sweeper (or Stripe's redelivery): applied once, completely.
     assert (await sweep(pool))["stripe_events"] == 1
     assert (await delivered(api, event))["status"] == "duplicate"
@@ -655,30 +644,3 @@ async def test_a_failure_while_applying_leaves_the_event_stored_and_nothing_half
 async def test_the_webhook_secret_is_what_signs(api: Api) -> None:
     # The test secret is the one the app was configured with (guards the helpers themselves).
     assert sign("x", secret=WEBHOOK_SECRET) != sign("x", secret="whsec_other")
-
-
-# --- the ordering rule, pure ----------------------------------------------------------------------------------
-
-
-def state(subscription_id: str | None, status: str | None, created: int | None) -> SubscriptionState:
-    return SubscriptionState(subscription_id, status, datetime.fromtimestamp(created, UTC) if created else None)
-
-
-@pytest.mark.parametrize(
-    ("stored", "incoming", "wins"),
-    [
-        (state(None, None, None), state("sub_1", "active", 100), True),
-        (state("sub_1", "active", 100), state("sub_1", "canceled", 101), True),
-        (state("sub_1", "active", 100), state("sub_1", "canceled", 99), False),
-        (state("sub_1", "active", 100), state("sub_1", "incomplete", 100), False),
-        (state("sub_1", "incomplete", 100), state("sub_1", "active", 100), True),
-        (state("sub_1", "canceled", 100), state("sub_1", "active", 200), False),
-        (state("sub_1", "active", 100), state("sub_2", "canceled", 200), False),
-        (state("sub_1", "canceled", 100), state("sub_2", "active", 200), True),
-        (state("sub_1", "unpaid", 100), state("sub_2", "incomplete", 200), True),
-        (SubscriptionState(None, None, None, manual=True), state("sub_1", "incomplete", 100), False),
-        (SubscriptionState(None, None, None, manual=True), state("sub_1", "active", 100), True),
-    ],
-)
-def test_subscription_ordering_rule(stored: SubscriptionState, incoming: SubscriptionState, wins: bool) -> None:
-    assert (subscription_update_refusal(stored, incoming) is None) is wins
