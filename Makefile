@@ -36,8 +36,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Options go in ARGS, since make takes `--repeat` as its own: `make bench ARGS="--repeat 3"`.
+ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 # Regenerates the lock: exact versions and hashes, no download addresses (uv.lock would record them).
 lock:
