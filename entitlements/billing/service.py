@@ -335,17 +335,8 @@ async def create_checkout_session(
     so a retry after a failure gets the same customer and session from Stripe."""
     assert (pack is None) != (tier is None)
     fingerprint = idempotency.request_hash("create_checkout_session", user_id, pack and pack.id, tier and tier.name)
-    async with pool.acquire() as connection, connection.transaction():
-        stored = await idempotency.claim(
-            connection,
-            caller_key_id=caller.key_id,
-            key=key,
-            operation="create_checkout_session",
-            fingerprint=fingerprint,
-            answer=CheckoutOut,
-        )
-        if stored is not None:
-            return stored
+
+    async def checkout_in(connection: ledger.Connection) -> CheckoutOut:
         if pack is not None:
             current = await tiers.tier_of(connection, user_id)
             if current == pricing.FREE_TIER or catalog.tier(current) is None:
@@ -380,12 +371,21 @@ async def create_checkout_session(
         if not session.url:
             raise StripeRefused(f"Stripe answered checkout session {session.id} without a url")
         response = CheckoutOut(url=session.url, id=session.id)
-        await idempotency.store(connection, caller_key_id=caller.key_id, key=key, answer=response)
-    log.info(
-        "checkout_session_created",
-        user_id=user_id,
-        session_id=session.id,
-        pack=pack and pack.id,
-        tier=tier and tier.name,
+        log.info(
+            "checkout_session_created",
+            user_id=user_id,
+            session_id=session.id,
+            pack=pack and pack.id,
+            tier=tier and tier.name,
+        )
+        return response
+
+    return await idempotency.once(
+        pool,
+        caller_key_id=caller.key_id,
+        key=key,
+        operation="create_checkout_session",
+        fingerprint=fingerprint,
+        answer=CheckoutOut,
+        work=checkout_in,
     )
-    return response

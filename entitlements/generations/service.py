@@ -122,17 +122,8 @@ async def create(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
     fingerprint = idempotency.request_hash("create_generation", user_id, body)
-    async with pool.acquire() as connection, connection.transaction():
-        stored = await idempotency.claim(
-            connection,
-            caller_key_id=caller.key_id,
-            key=key,
-            operation="create_generation",
-            fingerprint=fingerprint,
-            answer=GenerationOut,
-        )
-        if stored is not None:
-            return stored
+
+    async def create_in(connection: ledger.Connection) -> GenerationOut:
         # The gate reads inside the transaction; the hold then re-checks debt under the user's row lock.
         await tiers.check_video_gate(connection, ledger_service, catalog, user_id)
         generation_id = uuid.uuid4()
@@ -172,9 +163,18 @@ async def create(
         )
         await connection.execute(queries.INSERT_JOB, generation_id)
         response = to_out(await fetch(connection, generation_id))
-        await idempotency.store(connection, caller_key_id=caller.key_id, key=key, answer=response)
-    log.info("generation_created", generation_id=str(generation_id), user_id=user_id, moments=quote.moments)
-    return response
+        log.info("generation_created", generation_id=str(generation_id), user_id=user_id, moments=quote.moments)
+        return response
+
+    return await idempotency.once(
+        pool,
+        caller_key_id=caller.key_id,
+        key=key,
+        operation="create_generation",
+        fingerprint=fingerprint,
+        answer=GenerationOut,
+        work=create_in,
+    )
 
 
 async def list_for_user(
@@ -301,17 +301,8 @@ async def refund(
 ) -> RefundOut:
     parsed_id = parse_generation_id(generation_id)
     fingerprint = idempotency.request_hash("refund_generation", str(parsed_id), body)
-    async with pool.acquire() as connection, connection.transaction():
-        stored = await idempotency.claim(
-            connection,
-            caller_key_id=caller.key_id,
-            key=key,
-            operation="refund_generation",
-            fingerprint=fingerprint,
-            answer=RefundOut,
-        )
-        if stored is not None:
-            return stored
+
+    async def refund_in(connection: ledger.Connection) -> RefundOut:
         row = await fetch(connection, parsed_id, lock=True)
         if row["status"] != "succeeded":
             raise NotRefundable(f"generation {parsed_id} is {row['status']}; only a succeeded one can be refunded")
@@ -339,8 +330,17 @@ async def refund(
         await connection.execute(queries.MARK_REFUNDED if amount == remaining else queries.TOUCH, parsed_id)
         after = await fetch(connection, parsed_id)
         response = RefundOut(transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after))
-        await idempotency.store(connection, caller_key_id=caller.key_id, key=key, answer=response)
-    return response
+        return response
+
+    return await idempotency.once(
+        pool,
+        caller_key_id=caller.key_id,
+        key=key,
+        operation="refund_generation",
+        fingerprint=fingerprint,
+        answer=RefundOut,
+        work=refund_in,
+    )
 
 
 AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (

@@ -9,8 +9,10 @@ answers with one status, which its route declares, so only the body is stored.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import msgspec
 
 import ledger
@@ -18,6 +20,7 @@ from entitlements.errors import IdempotencyKeyReused
 from entitlements.idempotency import queries
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
@@ -47,3 +50,31 @@ async def claim(
 
 async def store(connection: ledger.Connection, *, caller_key_id: int, key: str, answer: msgspec.Struct) -> None:
     await connection.execute(queries.STORE, caller_key_id, key, _encoder.encode(answer).decode())
+
+
+async def once(
+    pool: asyncpg.Pool,
+    *,
+    caller_key_id: int,
+    key: str,
+    operation: str,
+    fingerprint: bytes,
+    answer: type[S],
+    work: Callable[[ledger.Connection], Awaitable[S]],
+) -> S:
+    """`work` and its stored answer in one transaction, or the answer stored by the first request with
+    this key. Whatever `work` raises rolls back its effect and the claim together."""
+    async with pool.acquire() as connection, connection.transaction():
+        stored = await claim(
+            connection,
+            caller_key_id=caller_key_id,
+            key=key,
+            operation=operation,
+            fingerprint=fingerprint,
+            answer=answer,
+        )
+        if stored is not None:
+            return stored
+        response = await work(connection)
+        await store(connection, caller_key_id=caller_key_id, key=key, answer=response)
+    return response
