@@ -1,6 +1,7 @@
 """The renderer in process: every resolution's frame size, determinism, cancellation.
 
-The HTTP path renders 480p (tests/integration/generation_client/test_worker.py); these cover the larger sizes in 1 s clips.
+The HTTP path renders 480p (tests/integration/generation_client/test_worker.py); these cover the larger
+sizes in 1 s clips.
 """
 
 from __future__ import annotations
