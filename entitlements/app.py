@@ -39,6 +39,7 @@ from entitlements.http import (
 )
 from entitlements.http.controllers import HealthController
 from entitlements.http.observability import configure_logging, request_logging_middleware
+from entitlements.http.strict import before_request
 from entitlements.keys.controllers import KeysController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.settings import GenerationSettings, Settings
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=list(CONTROLLERS),
         guards=[role_guard],
+        before_request=before_request,
         dependencies=DEPENDENCIES,
         dto=STRICT_BODY,
         return_dto=None,

@@ -315,6 +315,83 @@ async def test_invalid_quote_is_a_validation_problem_naming_the_field(
     assert field in fields or field in body["detail"], body
 
 
+HOSTILE_BODIES = [
+    pytest.param(b'{"mode": "\xff"}', "body", id="invalid-utf8"),
+    pytest.param(b'{"mode": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "mode", id="deep-nesting"),
+    pytest.param(
+        b'{"mode": "advanced", "resolution": "720p", "duration_s": 1e400}', "duration_s", id="number-overflow"
+    ),
+    pytest.param(
+        b'{"mode": "advanced", "resolution": "720p", "duration_s": 99999999999999999999999}',
+        "duration_s",
+        id="huge-int",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw_body", "field"), HOSTILE_BODIES)
+async def test_hostile_bodies_are_validation_problems_never_500(
+    client: AsyncTestClient[Litestar], keys: dict[str, str], raw_body: bytes, field: str
+) -> None:
+    headers = {**bearer(keys["service"]), "Content-Type": "application/json"}
+    response = await client.post("/v1/quotes", content=raw_body, headers=headers)
+    body = assert_problem(response, 422, "validation_failed")
+    assert field in body["detail"], body
+
+
+async def test_an_integral_float_is_the_integer_json_says_it_is(
+    client: AsyncTestClient[Litestar], keys: dict[str, str]
+) -> None:
+    request = {"mode": "advanced", "resolution": "1080p", "duration_s": 15.0}
+    response = await client.post("/v1/quotes", json=request, headers=bearer(keys["service"]))
+    assert response.status_code == 200, response.text
+    assert response.json()["duration_s"] == 15
+    assert response.json()["moments"] == 2700
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
+async def test_a_body_that_is_not_json_is_415(
+    client: AsyncTestClient[Litestar], keys: dict[str, str], content_type: str
+) -> None:
+    headers = {**bearer(keys["service"]), "Content-Type": content_type}
+    response = await client.post("/v1/quotes", content=b'{"mode": "adult"}', headers=headers)
+    assert_problem(response, 415, "unsupported_media_type")
+    charset = {**bearer(keys["service"]), "Content-Type": "application/json; charset=utf-8"}
+    assert (await client.post("/v1/quotes", content=b'{"mode": "adult"}', headers=charset)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=null", "limit"),
+        ("limit=5&limit=7", "limit"),
+        ("limit=5.0", "limit"),
+        ("kind=null", "kind"),
+        ("until=0.5", "until"),
+        ("since=0001-01-01T00:00:00%2B14:00", "since"),
+        ("until=9999-12-31T23:59:59-14:00", "until"),
+    ],
+)
+async def test_query_values_are_read_as_the_document_writes_them(
+    client: AsyncTestClient[Litestar], keys: dict[str, str], query: str, field: str
+) -> None:
+    response = await client.get(f"/v1/ledger/transactions?{query}", headers=bearer(keys["finance"]))
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"][0]["field"] == field, body
+
+
+async def test_null_stays_text_for_a_text_parameter(client: AsyncTestClient[Litestar], keys: dict[str, str]) -> None:
+    response = await client.get("/v1/users/user_1/generations?image_id=null", headers=bearer(keys["service"]))
+    assert response.status_code == 200, response.text
+
+
+async def test_options_lists_every_method_of_the_path(client: AsyncTestClient[Litestar], keys: dict[str, str]) -> None:
+    for path, allowed in [("/v1/keys", "GET, OPTIONS, POST"), ("/v1/users/user_1/generations", "GET, OPTIONS, POST")]:
+        response = await client.options(path, headers=bearer(keys["admin"]))
+        assert response.status_code == 204
+        assert response.headers["allow"] == allowed
+
+
 # --- request ids --------------------------------------------------------------------------------------
 
 
