@@ -19,12 +19,10 @@ import structlog
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 import ledger
 import pricing
-from entitlements import billing, generations
+from entitlements import billing, generations, quotes
 from entitlements.accounts.controllers import AccountsController
 from entitlements.billing.controllers import BillingController
 from entitlements.generations.controllers import GenerationsController
@@ -39,6 +37,8 @@ from entitlements.http import (
 )
 from entitlements.http.controllers import HealthController
 from entitlements.http.observability import request_logging_middleware
+from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
+from entitlements.http.strict import before_request
 from entitlements.keys.controllers import KeysController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.settings import GenerationSettings, Settings
@@ -145,9 +145,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await app.state.read_pool.close()
             await app.state.pool.close()
 
+    # The document is the whole contract: request bodies whose rules are data (the price grid, the catalog)
+    # are described from that data, so what the document calls valid is what the service accepts.
+    grid = quotes.request_json_schema(pricing.current_table(price_tables, datetime.now(UTC)))
+    body_refinements = {
+        "QuoteCreate": grid,
+        "GenerationCreate": grid,
+        "CheckoutCreate": billing.checkout_request_json_schema(catalog),
+    }
     app = Litestar(
-        route_handlers=list(CONTROLLERS),
+        route_handlers=[*CONTROLLERS, swagger_assets_router()],
+        plugins=[StrictStructSchemaPlugin()],
         guards=[role_guard],
+        before_request=before_request,
         dependencies=DEPENDENCIES,
         dto=STRICT_BODY,
         return_dto=None,
@@ -164,12 +174,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         ),
         request_max_body_size=settings.api.request_body_bytes_max,
-        openapi_config=OpenAPIConfig(
-            title="Moments",
-            version="1.0.0",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
-        ),
+        openapi_config=openapi_config(page_size_max=settings.api.page_size_max, body_refinements=body_refinements),
         logging_config=None,
     )
     # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged too.

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import msgspec
 
+from entitlements.errors import ValidationFailed
+
 PROMPT_CHARS_MAX = 5_000
 IMAGE_ID_CHARS_MAX = 200
 # Image ids name files on the worker: unreserved URL characters, no leading dot (no path tricks).
@@ -31,12 +33,16 @@ UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_CHARS_MAX,
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_CHARS_MAX, pattern=TEXT_PATTERN)]
 
 
-def aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None, field: str = "timestamp") -> datetime | None:
     """A timestamp without a zone is ambiguous for money: it is read as UTC, as the whole API speaks.
-    Normalised to UTC, so the same instant written in two zones is the same request for idempotency."""
+    Normalised to UTC, so the same instant written in two zones is the same request for idempotency.
+    An instant that has no UTC value (0001-01-01T00:00:00+14:00 is before year 1) is bad input."""
     if value is None:
         return None
-    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValidationFailed(field, "is out of range: its UTC value falls outside years 1-9999") from None
 
 
 def is_user_id(value: str) -> bool:

@@ -36,7 +36,7 @@ async def grant(
             amount=body.moments,
             kind="grant",
             category=body.category,
-            expires_at=aware(body.expires_at),
+            expires_at=aware(body.expires_at, "expires_at"),
         )
     )
     assert result.transaction_id is not None

@@ -6,6 +6,11 @@ queries.py (every SQL statement), schemas.py (bodies), controllers.py (routes).
 """
 
 from entitlements.billing.reconciliation import AUDIT_CHECKS
-from entitlements.billing.service import StripeGateway, make_gateway, reapply_pending_events
+from entitlements.billing.service import (
+    StripeGateway,
+    checkout_request_json_schema,
+    make_gateway,
+    reapply_pending_events,
+)
 
-__all__ = ["AUDIT_CHECKS", "StripeGateway", "make_gateway", "reapply_pending_events"]
+__all__ = ["AUDIT_CHECKS", "StripeGateway", "checkout_request_json_schema", "make_gateway", "reapply_pending_events"]

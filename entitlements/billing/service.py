@@ -264,6 +264,30 @@ def pack_or_tier(catalog: pricing.Catalog, body: CheckoutCreate) -> tuple[pricin
     return None, tier
 
 
+def checkout_request_json_schema(catalog: pricing.Catalog) -> dict[str, Any]:
+    """`pack_or_tier`'s rule as JSON Schema: exactly one of a catalog pack or a purchasable tier."""
+    packs = [p.id for p in catalog.packs]
+    purchasable = [t.name for t in catalog.tiers if t.stripe_price_id is not None]
+    return {
+        "properties": {
+            "pack": {"enum": [*packs, None]},
+            "tier": {"enum": [*purchasable, None]},
+        },
+        "oneOf": [
+            {
+                "title": "a moment pack",
+                "required": ["pack"],
+                "properties": {"pack": {"enum": packs}, "tier": {"const": None}},
+            },
+            {
+                "title": "a tier",
+                "required": ["tier"],
+                "properties": {"tier": {"enum": purchasable}, "pack": {"const": None}},
+            },
+        ],
+    }
+
+
 async def checkout(
     *,
     pool: asyncpg.Pool,

@@ -88,7 +88,7 @@ def provide_window(
     since: Annotated[datetime | None, QueryParameter(description="From this instant (inclusive), RFC 3339.")] = None,
     until: Annotated[datetime | None, QueryParameter(description="Up to this instant (exclusive), RFC 3339.")] = None,
 ) -> Window:
-    window = Window(aware(since), aware(until))
+    window = Window(aware(since, "since"), aware(until, "until"))
     if window.since is not None and window.until is not None and window.since > window.until:
         raise ValidationFailed("until", "must not be before since")
     return window

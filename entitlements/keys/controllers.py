@@ -11,7 +11,9 @@ from entitlements.http import CursorQuery, PageLimit, Pool
 from entitlements.keys import service
 from entitlements.keys.schemas import KeyCreate, KeyCreated, KeyOut, KeysPage
 
-KeyIdPath = Annotated[int, PathParameter(ge=1, le=(1 << 63) - 1, description="The key's id.")]
+# Ids stay within what a JSON number carries exactly (2**53 - 1), so any client can hold one.
+KEY_ID_MAX = (1 << 53) - 1
+KeyIdPath = Annotated[int, PathParameter(ge=1, le=KEY_ID_MAX, description="The key's id.")]
 
 
 class KeysController(Controller):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pricing
 from entitlements.errors import ValidationFailed
 from entitlements.quotes.schemas import PriceCell, PricingOut, QuoteOut
@@ -43,3 +45,30 @@ def pricing_document(table: pricing.PriceTable) -> PricingOut:
 def cheapest_moments(table: pricing.PriceTable) -> int:
     """The least a video costs under this table: below it, a user cannot generate anything."""
     return min(cell.moments for cell in table.cells)
+
+
+def request_json_schema(table: pricing.PriceTable) -> dict[str, Any]:
+    """This table's grid as JSON Schema for a request's mode, resolution, duration_s and audio: one
+    alternative per mode, so that the published contract accepts exactly what `quote` accepts. A field
+    that has a default may be omitted or null."""
+    variants = []
+    for grid in table.modes:
+        optional = {
+            "resolution": grid.resolution_default is not None,
+            "duration_s": grid.duration_s_default is not None,
+            "audio": grid.audio_default is not None,
+        }
+        null = [None]
+        properties: dict[str, Any] = {
+            "mode": {"const": grid.name},
+            "resolution": {"enum": [*grid.resolutions, *(null if optional["resolution"] else [])]},
+            "duration_s": {
+                "type": ["integer", "null"] if optional["duration_s"] else "integer",
+                "minimum": grid.duration_s_min,
+                "maximum": grid.duration_s_max,
+            },
+            "audio": {"enum": [*grid.audio_allowed, *(null if optional["audio"] else [])]},
+        }
+        required = ["mode", *(field for field, may_omit in optional.items() if not may_omit)]
+        variants.append({"title": f"mode {grid.name}", "properties": properties, "required": required})
+    return {"properties": {"mode": {"type": "string", "enum": [grid.name for grid in table.modes]}}, "oneOf": variants}

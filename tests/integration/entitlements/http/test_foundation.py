@@ -192,6 +192,159 @@ async def test_openapi_document_gives_every_operation_an_explicit_operation_id(
     assert not generated, f"operationIds Litestar generated (declare operation_id=...): {generated}"
 
 
+@pytest.fixture(scope="module")
+async def document(client: AsyncTestClient[Litestar]) -> dict[str, Any]:
+    response = await client.get(f"{OPENAPI_PATH_PREFIX}/openapi.json")
+    assert response.status_code == 200
+    served: dict[str, Any] = response.json()
+    return served
+
+
+def operations_of(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in {"get", "post", "put", "patch", "delete"}:
+                yield method.upper(), path, operation
+
+
+def handler_by_operation_id(app: Litestar) -> dict[str, HTTPRouteHandler]:
+    return {
+        handler.operation_id: handler for _, _, handler in our_handlers(app) if isinstance(handler.operation_id, str)
+    }
+
+
+def problem_codes_of(response: dict[str, Any]) -> set[str]:
+    schema = response["content"][PROBLEM]["schema"]
+    assert schema["allOf"][0] == {"$ref": "#/components/schemas/Problem"}, schema
+    return set(schema["allOf"][1]["properties"]["code"]["enum"])
+
+
+def test_the_document_declares_a_bearer_scheme_on_every_guarded_operation(
+    app: Litestar, document: dict[str, Any]
+) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert set(schemes) == {"bearerAuth"}
+    # What Swagger's Authorize button asks for: a bearer key, sent as `Authorization: Bearer <key>`.
+    assert (schemes["bearerAuth"]["type"], schemes["bearerAuth"]["scheme"]) == ("http", "bearer")
+    handlers = handler_by_operation_id(app)
+    for method, path, operation in operations_of(document):
+        handler = handlers[operation["operationId"]]
+        if handler.opt.get("public"):
+            assert "security" not in operation, (method, path)
+            assert "Public" in operation["description"], (method, path)
+        else:
+            assert operation["security"] == [{"bearerAuth": []}], (method, path)
+            declared = [role for role in handler.opt["roles"] if role != "admin"]
+            assert operation["description"].endswith("Roles: " + ", ".join([*declared, "admin"]) + "."), operation
+
+
+def test_every_idempotent_operation_documents_its_required_key_and_its_answers(
+    app: Litestar, document: dict[str, Any]
+) -> None:
+    handlers = handler_by_operation_id(app)
+    idempotent = [
+        (m, p, op) for m, p, op in operations_of(document) if handlers[op["operationId"]].opt.get("idempotent")
+    ]
+    assert {op["operationId"] for _, _, op in idempotent} >= {"createGrant", "createGeneration", "refundGeneration"}
+    for method, path, operation in idempotent:
+        headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+        key = headers["Idempotency-Key"]
+        assert key["required"] is True, (method, path)
+        assert key["schema"]["type"] == "string", key
+        assert (key["schema"]["minLength"], key["schema"]["maxLength"]) == (1, 255)
+        assert problem_codes_of(operation["responses"]["400"]) == {"idempotency_key_required"}
+        assert "idempotency_key_reused" in problem_codes_of(operation["responses"]["409"])
+
+
+def test_the_stripe_webhook_documents_its_signature_header_and_answers(document: dict[str, Any]) -> None:
+    operation = document["paths"]["/v1/stripe/webhook"]["post"]
+    headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+    assert headers["Stripe-Signature"]["required"] is True
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["type"] == "object"
+    assert {"200", "202", "400", "413", "422", "503"} <= set(operation["responses"])
+    assert problem_codes_of(operation["responses"]["400"]) == {"invalid_signature"}
+    assert "stripe_not_configured" in problem_codes_of(operation["responses"]["503"])
+
+
+def test_every_failure_an_operation_can_answer_is_a_documented_problem(app: Litestar, document: dict[str, Any]) -> None:
+    problem = document["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "code"}
+    assert {"instance", "errors", "allowed", "required", "available", "owed"} <= set(problem["properties"])
+    handlers = handler_by_operation_id(app)
+    for method, path, operation in operations_of(document):
+        handler = handlers[operation["operationId"]]
+        responses = operation["responses"]
+        failures = {status: response for status, response in responses.items() if int(status) >= 400}
+        for status, response in failures.items():
+            assert set(response["content"]) == {PROBLEM}, (method, path, status)
+        statuses = set(failures)
+        expected = set()
+        if not handler.opt.get("public"):
+            expected |= {"401", "403"}
+            assert responses["401"]["headers"]["WWW-Authenticate"]["required"] is True
+        if operation.get("parameters") or operation.get("requestBody"):
+            expected.add("422")
+        if operation.get("requestBody"):
+            expected.add("413")
+        if handler.opt.get("idempotent"):
+            expected |= {"400", "409"}
+        if "{generation_id}" in path or "{key_id}" in path:
+            expected.add("404")
+        assert expected <= statuses, (method, path, sorted(expected - statuses))
+        # Litestar's generic 400 (a ValidationException body) is gone where we never answer 400.
+        if "400" in responses:
+            assert handler.opt.get("idempotent") or operation["operationId"] == "stripeWebhook", (method, path)
+    generation = document["paths"]["/v1/users/{user_id}/generations"]["post"]["responses"]
+    assert problem_codes_of(generation["402"]) == {"insufficient_moments", "in_debt"}
+    assert problem_codes_of(generation["403"]) == {"forbidden", "tier_required"}
+    assert "not_ready" in problem_codes_of(document["paths"]["/readyz"]["get"]["responses"]["503"])
+
+
+def test_every_success_body_has_a_schema(document: dict[str, Any]) -> None:
+    for method, path, operation in operations_of(document):
+        for status, response in operation["responses"].items():
+            if not status.startswith("2") or status == "204":
+                continue
+            content = response.get("content")
+            assert content, (method, path, status)
+            for media_type, body in content.items():
+                schema = body["schema"]
+                assert schema.get("$ref") or schema.get("type") == "string", (method, path, status, media_type)
+    created = {
+        ("/v1/users/{user_id}/generations", "post", "202"): "GenerationOut",
+        ("/v1/generations/{generation_id}/refund", "post", "201"): "RefundOut",
+        ("/v1/users/{user_id}/grants", "post", "201"): "GrantOut",
+        ("/v1/keys", "post", "201"): "KeyCreated",
+    }
+    for (path, method, status), name in created.items():
+        schema = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{name}"}
+
+
+def test_structs_that_refuse_unknown_fields_say_so_in_the_document(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    for name in ("QuoteCreate", "GenerationCreate", "GrantCreate", "RefundCreate", "KeyCreate", "GenerationOut"):
+        assert schemas[name]["additionalProperties"] is False, name
+    # The price grid is part of the contract: each mode's allowed values, as the service checks them.
+    modes = {variant["properties"]["mode"]["const"]: variant for variant in schemas["QuoteCreate"]["oneOf"]}
+    assert modes["advanced"]["properties"]["duration_s"]["minimum"] == 4
+    assert modes["adult"]["properties"]["resolution"]["enum"] == ["720p", None]
+
+
+async def test_the_viewer_loads_only_assets_this_service_serves(client: AsyncTestClient[Litestar]) -> None:
+    page = await client.get(f"{OPENAPI_PATH_PREFIX}/swagger")
+    assert page.status_code == 200
+    references = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert len(references) >= 4, references
+    assert not [ref for ref in references if "://" in ref or ref.startswith("//")], references
+    assert "://" not in page.text.split("const ui = SwaggerUIBundle", 1)[0]
+    for reference in references:
+        asset = await client.get(reference)
+        assert asset.status_code == 200, reference
+        assert len(asset.content) > 500, reference
+        assert "problem" not in asset.headers["content-type"], reference
+
+
 # --- pricing acceptance ------------------------------------------------------------------------------
 
 
@@ -313,6 +466,83 @@ async def test_invalid_quote_is_a_validation_problem_naming_the_field(
     body = assert_problem(response, 422, "validation_failed")
     fields = [error["field"] for error in body.get("errors", [])]
     assert field in fields or field in body["detail"], body
+
+
+HOSTILE_BODIES = [
+    pytest.param(b'{"mode": "\xff"}', "body", id="invalid-utf8"),
+    pytest.param(b'{"mode": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "mode", id="deep-nesting"),
+    pytest.param(
+        b'{"mode": "advanced", "resolution": "720p", "duration_s": 1e400}', "duration_s", id="number-overflow"
+    ),
+    pytest.param(
+        b'{"mode": "advanced", "resolution": "720p", "duration_s": 99999999999999999999999}',
+        "duration_s",
+        id="huge-int",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw_body", "field"), HOSTILE_BODIES)
+async def test_hostile_bodies_are_validation_problems_never_500(
+    client: AsyncTestClient[Litestar], keys: dict[str, str], raw_body: bytes, field: str
+) -> None:
+    headers = {**bearer(keys["service"]), "Content-Type": "application/json"}
+    response = await client.post("/v1/quotes", content=raw_body, headers=headers)
+    body = assert_problem(response, 422, "validation_failed")
+    assert field in body["detail"], body
+
+
+async def test_an_integral_float_is_the_integer_json_says_it_is(
+    client: AsyncTestClient[Litestar], keys: dict[str, str]
+) -> None:
+    request = {"mode": "advanced", "resolution": "1080p", "duration_s": 15.0}
+    response = await client.post("/v1/quotes", json=request, headers=bearer(keys["service"]))
+    assert response.status_code == 200, response.text
+    assert response.json()["duration_s"] == 15
+    assert response.json()["moments"] == 2700
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
+async def test_a_body_that_is_not_json_is_415(
+    client: AsyncTestClient[Litestar], keys: dict[str, str], content_type: str
+) -> None:
+    headers = {**bearer(keys["service"]), "Content-Type": content_type}
+    response = await client.post("/v1/quotes", content=b'{"mode": "adult"}', headers=headers)
+    assert_problem(response, 415, "unsupported_media_type")
+    charset = {**bearer(keys["service"]), "Content-Type": "application/json; charset=utf-8"}
+    assert (await client.post("/v1/quotes", content=b'{"mode": "adult"}', headers=charset)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=null", "limit"),
+        ("limit=5&limit=7", "limit"),
+        ("limit=5.0", "limit"),
+        ("kind=null", "kind"),
+        ("until=0.5", "until"),
+        ("since=0001-01-01T00:00:00%2B14:00", "since"),
+        ("until=9999-12-31T23:59:59-14:00", "until"),
+    ],
+)
+async def test_query_values_are_read_as_the_document_writes_them(
+    client: AsyncTestClient[Litestar], keys: dict[str, str], query: str, field: str
+) -> None:
+    response = await client.get(f"/v1/ledger/transactions?{query}", headers=bearer(keys["finance"]))
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"][0]["field"] == field, body
+
+
+async def test_null_stays_text_for_a_text_parameter(client: AsyncTestClient[Litestar], keys: dict[str, str]) -> None:
+    response = await client.get("/v1/users/user_1/generations?image_id=null", headers=bearer(keys["service"]))
+    assert response.status_code == 200, response.text
+
+
+async def test_options_lists_every_method_of_the_path(client: AsyncTestClient[Litestar], keys: dict[str, str]) -> None:
+    for path, allowed in [("/v1/keys", "GET, OPTIONS, POST"), ("/v1/users/user_1/generations", "GET, OPTIONS, POST")]:
+        response = await client.options(path, headers=bearer(keys["admin"]))
+        assert response.status_code == 204
+        assert response.headers["allow"] == allowed
 
 
 # --- request ids --------------------------------------------------------------------------------------
