@@ -97,13 +97,14 @@ def operations_tested(report: str) -> tuple[int, int]:
     return int(tested.group(1)), int(selected.group(2))
 
 
-def answered_statuses(log_path: Path, path: str) -> set[int]:
-    """The statuses the server logged for requests to `path` (its one JSON line per request)."""
+def answered_statuses(log_path: Path, method: str, path: str) -> set[int]:
+    """The statuses the server logged for `method path` (its one JSON line per request)."""
     statuses = set()
     for line in log_path.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
             entry = json.loads(line)
-            if isinstance(entry, dict) and entry.get("event") == "request" and entry.get("path") == path:
+            logged = isinstance(entry, dict) and entry.get("event") == "request"
+            if logged and (entry.get("method"), entry.get("path")) == (method, path):
                 statuses.add(int(entry["status"]))
     return statuses
 
@@ -130,7 +131,7 @@ async def test_schemathesis_finds_nothing_in_the_served_contract(database_url: s
                 assert run.returncode == 0, f"schemathesis as {role} found failures:\n{report}\n{api.log_tail()}"
                 tested, total = operations_tested(report)
                 assert tested == total, f"as {role}, only {tested} of {total} operations were tested:\n{report}"
-            webhook_statuses = answered_statuses(api.log_path, "/v1/stripe/webhook")
+            webhook_statuses = answered_statuses(api.log_path, "POST", "/v1/stripe/webhook")
     # The hooks signed webhook cases: fuzzed bodies got past the signature check (and were refused as
     # 4xx, or stored), not all stopped at 400 invalid_signature.
     assert 400 in webhook_statuses, webhook_statuses
