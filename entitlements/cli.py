@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -32,11 +32,20 @@ def _database_url() -> str:
         raise CommandFailed(f"{missing}; set it, or start `make run` first") from None
 
 
-def _on_database(use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    """Runs `use` against the database, turning 'it does not answer' into one line."""
+def _against_database(run: Callable[[str], Coroutine[Any, Any, T]]) -> T:
+    """Runs `run` with the database's URL, turning 'it does not answer' into one line."""
     url = _database_url()
+    try:
+        return asyncio.run(run(url))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        host = url.split("@")[-1]
+        raise CommandFailed(f"the database at {host} does not answer ({type(error).__name__}: {error})") from None
 
-    async def run() -> T:
+
+def _on_database(use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Runs `use` on a one-connection pool to the database."""
+
+    async def run(url: str) -> T:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=1, timeout=CONNECT_TIMEOUT_S)
         assert pool is not None
         try:
@@ -44,21 +53,13 @@ def _on_database(use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
         finally:
             await pool.close()
 
-    try:
-        return asyncio.run(run())
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        host = url.split("@")[-1]
-        raise CommandFailed(f"the database at {host} does not answer ({type(error).__name__}: {error})") from None
+    return _against_database(run)
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
     import migrations
 
-    url = _database_url()
-    try:
-        applied = asyncio.run(migrations.apply(url))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        raise CommandFailed(f"the database does not answer ({type(error).__name__}: {error})") from None
+    applied = _against_database(migrations.apply)
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none missing'}")
     return 0
 
