@@ -22,7 +22,7 @@ from litestar.di import Provide
 
 import ledger
 import pricing
-from entitlements import billing, generations, quotes
+from entitlements import billing, generations, keys, quotes
 from entitlements.accounts.controllers import AccountsController
 from entitlements.billing.controllers import BillingController
 from entitlements.generations.controllers import GenerationsController
@@ -33,12 +33,11 @@ from entitlements.http import (
     provide_idempotency_key,
     provide_limit,
     provide_window,
-    role_guard,
 )
 from entitlements.http.controllers import HealthController
+from entitlements.http.hooks import before_request
 from entitlements.http.observability import request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
-from entitlements.http.strict import before_request
 from entitlements.keys.controllers import KeysController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.settings import GenerationSettings, Settings
@@ -77,11 +76,18 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
             max_size=db.pool_size_max,
             timeout=db.connect_timeout_s,
             server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
+            reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
         raise DatabaseUnreachable(f"the database does not answer ({type(error).__name__}: {error})") from None
     assert pool is not None
     return pool
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """Returning a connection to the pool costs no round trip: asyncpg still rolls back an open
+    transaction, and nothing here leaves session state behind (settings are SET LOCAL, no LISTEN or
+    advisory lock on pooled connections), so its default RESET ALL / UNLISTEN * query has nothing to do."""
 
 
 def _state_value(name: str) -> Provide:
@@ -104,6 +110,7 @@ DEPENDENCIES = {
     "dispatcher": _state_value("dispatcher"),
     "stripe_gateway": _state_value("stripe"),
     "audit_checks": _state_value("extra_audit_checks"),
+    "key_cache": _state_value("key_cache"),
     "price_table": Provide(_provide_price_table, sync_to_thread=False),
     "caller": Provide(provide_caller, sync_to_thread=False),
     "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
@@ -131,6 +138,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         )
         await app.state.ledger.start()
+        app.state.key_cache = keys.KeyCache(
+            ttl_s=settings.api.api_key_cache_ttl_s, entries_max=settings.api.api_key_cache_entries_max
+        )
+        assert settings.database.url is not None, "create_pool refused to start without it"
+        app.state.key_cache.start(settings.database.url)
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
         background = await _start_background(app, settings)
@@ -140,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await _stop_background(app, background)
             if app.state.stripe is not None:
                 await app.state.stripe.aclose()
+            await app.state.key_cache.close()
             await app.state.ledger.close()
             if app.state.read_pool is not app.state.pool:
                 await app.state.read_pool.close()
@@ -156,7 +169,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[*CONTROLLERS, swagger_assets_router()],
         plugins=[StrictStructSchemaPlugin()],
-        guards=[role_guard],
         before_request=before_request,
         dependencies=DEPENDENCIES,
         dto=STRICT_BODY,

@@ -13,7 +13,6 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from entitlements.errors import Forbidden, Unauthorized
-from entitlements.keys import find_caller
 
 AUTHORIZATION_HEADER_CHARS_MAX = 512
 OPENAPI_PATH_PREFIX = "/schema"
@@ -43,7 +42,7 @@ async def role_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     token = bearer_token(connection)
     if token is None:
         raise Unauthorized("a bearer API key is required (Authorization: Bearer <key>)")
-    caller = await find_caller(connection.app.state.pool, token)
+    caller = await connection.app.state.key_cache.find(connection.app.state.pool, token)
     if caller is None:
         raise Unauthorized("unknown or revoked API key")
     connection.state.caller = caller
