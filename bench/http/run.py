@@ -367,7 +367,8 @@ async def check_database(dsn: str, run_ids: dict[str, str], accepted: dict[str, 
                 f"bench-{run_id}-%",
             )
             stored = await connection.fetchval(
-                "SELECT count(*) FROM api_idempotency WHERE operation = 'create_generation' AND idempotency_key LIKE $1",
+                "SELECT count(*) FROM api_idempotency "
+                "WHERE operation = 'create_generation' AND idempotency_key LIKE $1",
                 f"{run_id}-%",
             )
             assert row is not None
@@ -717,7 +718,8 @@ def render(report: Report) -> str:
         f"load: wrk, {options['connections']} connections, 1 thread, {options['duration_s']} s per figure, "
         f"{options['repeat']} round(s), medians shown; whole run {report.total_s:.0f} s",
         "",
-        f"  {'figure':<48}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}   CPU cores: server / postgres / wrk / machine",
+        f"  {'figure':<48}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}   "
+        "CPU cores: server / postgres / wrk / machine",
         f"  {'-' * 48}{'-' * 9}{'-' * 8}{'-' * 8}{'-' * 8}   {'-' * 44}",
     ]
     for name in [name for name in report.rounds[0]] if report.rounds else []:
@@ -758,10 +760,12 @@ def render(report: Report) -> str:
             "",
             f"  soak: {soak_figures['rate_per_s']:,.0f} generations/s offered (half the peak), "
             f"{soak_figures['windows']:.0f} windows of {soak_figures['window_s']:.0f} s, dispatcher and worker on",
-            f"    first window: {soak_figures['first_per_s']:,.0f}/s, p99 {soak_figures['first_p99_ms']:.1f} ms, "
-            f"API RSS {soak_figures['first_api_rss_mib']:.0f} MiB, worker RSS {soak_figures['first_worker_rss_mib']:.0f} MiB",
-            f"    last window : {soak_figures['last_per_s']:,.0f}/s, p99 {soak_figures['last_p99_ms']:.1f} ms, "
-            f"API RSS {soak_figures['last_api_rss_mib']:.0f} MiB, worker RSS {soak_figures['last_worker_rss_mib']:.0f} MiB",
+            *(
+                f"    {which:<12}: {soak_figures[f'{key}_per_s']:,.0f}/s, p99 {soak_figures[f'{key}_p99_ms']:.1f} ms, "
+                f"API RSS {soak_figures[f'{key}_api_rss_mib']:.0f} MiB, "
+                f"worker RSS {soak_figures[f'{key}_worker_rss_mib']:.0f} MiB"
+                for which, key in (("first window", "first"), ("last window", "last"))
+            ),
         ]
     lines.append("")
     if report.checks:

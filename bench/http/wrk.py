@@ -115,7 +115,7 @@ function request()
   return wrk.format(method, path, headers, body)
 end
 
-{"function delay() return %d end" % round(delay_ms) if delay_ms else ""}
+{f"function delay() return {round(delay_ms)} end" if delay_ms else ""}
 
 function response(status, headers, body)
   if status == expected_status then

@@ -84,9 +84,9 @@ class KeyCache:
         self._listening = False
         self.forget(None)
 
-    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            key_id = int(payload)
+            key_id = int(str(payload))
         except ValueError:
             key_id = None
         self.forget(key_id)
