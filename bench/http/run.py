@@ -49,6 +49,7 @@ MOMENTS_APP = "entitlements.app:create_app_from_env"
 USER_FUNDS = 100_000_000
 HOT_USER_FUNDS = 100_000_000_000
 READY_TIMEOUT_S = 60
+DISPATCH_CONCURRENCY = 64
 SETUP_CONCURRENCY = 32
 GENERATION_BODY = (
     '{"image_id":"bench-{key}","prompt":"A slow push-in on a lighthouse at dusk, waves rolling below.",'
@@ -399,6 +400,8 @@ def moments_env(dsn: str, work_dir: Path, *, dispatcher: bool, worker_url: str |
     env.pop("GENERATION_WORKER_URL", None)
     if worker_url:
         env["GENERATION_WORKER_URL"] = worker_url
+        # Renders in flight at once: the instant worker takes any number, as a fleet behind one URL would.
+        env["DISPATCHER_CONCURRENCY"] = str(DISPATCH_CONCURRENCY)
     return env
 
 
@@ -751,7 +754,8 @@ def render(report: Report) -> str:
         lines += [
             "",
             f"  dispatcher (instant worker): settled {dispatch['settled_per_s']:,.0f} generations/s beside a creation "
-            f"rate of {dispatch['creation_per_s']:,.0f}/s = {dispatch['ratio']:.2f}; "
+            f"rate of {dispatch['creation_per_s']:,.0f}/s = {dispatch['ratio']:.2f} (DISPATCHER_CONCURRENCY="
+            f"{DISPATCH_CONCURRENCY}); "
             f"{dispatch['queued_at_start']:,.0f} queued at its start, {dispatch['failed']:,.0f} failed",
         ]
     if report.soak:

@@ -106,7 +106,6 @@ def hold_reason(quote: pricing.Quote) -> str:
 
 async def create(
     *,
-    pool: asyncpg.Pool,
     ledger_service: ledger.Ledger,
     catalog: pricing.Catalog,
     table: pricing.PriceTable,
@@ -150,8 +149,8 @@ async def create(
     settled = await ledger_service.submit_companion(request)
     assert isinstance(settled, batch.GenerationRequest)
     response = settled.result()
-    if response.id == str(generation_id):
-        log.info("generation_created", generation_id=response.id, user_id=user_id, moments=quote.moments)
+    # On the request's own log line (one line per request), not a line of its own.
+    structlog.contextvars.bind_contextvars(generation_id=response.id, replayed=response.id != str(generation_id))
     return response
 
 

@@ -65,7 +65,6 @@ async def create(
     """The answer, or the DomainError / LedgerRuleError / LedgerUnavailable the caller would get."""
     try:
         return await service.create(
-            pool=pool,
             ledger_service=ledger_service,
             catalog=pricing.load_catalog(),
             table=table,
