@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,8 @@ from entitlements.keys.service import LAST_USED_RESOLUTION_S, Caller, hash_key, 
 
 log = structlog.get_logger("moments.keys.cache")
 LISTEN_RETRY_S = 1.0
+# How long a revocation waits for its own notification to come back, at most.
+HEARD_WAIT_S = 1.0
 LISTEN_CONNECT_TIMEOUT_S = 5.0
 
 
@@ -35,6 +38,7 @@ class KeyCache:
         self._listening = False
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._expected: dict[int, list[asyncio.Event]] = {}
 
     @property
     def listening(self) -> bool:
@@ -90,6 +94,28 @@ class KeyCache:
         except ValueError:
             key_id = None
         self.forget(key_id)
+        for heard in self._expected.pop(key_id, []) if key_id is not None else []:
+            heard.set()
+
+    @contextlib.asynccontextmanager
+    async def change_heard(self, key_id: int) -> AsyncIterator[None]:
+        """Around a change to a key: on leaving, waits (at most HEARD_WAIT_S) until this process has heard
+        the change's notification, which every listening process is sent at the same commit. So when a
+        revocation answers, the other processes have heard of it too, but for one still busy reading."""
+        heard = asyncio.Event()
+        self._expected.setdefault(key_id, []).append(heard)
+        try:
+            yield
+            self.forget(key_id)
+            if self._listening:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard.wait(), HEARD_WAIT_S)
+        finally:
+            waiting = self._expected.get(key_id, [])
+            if heard in waiting:
+                waiting.remove(heard)
+                if not waiting:
+                    del self._expected[key_id]
 
     def _on_termination(self, _connection: Any) -> None:
         self._stop_trusting()

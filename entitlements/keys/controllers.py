@@ -31,10 +31,9 @@ class KeysController(Controller):
 
     @post("/{key_id:int}/revoke", operation_id="revokeKey", summary="Revoke a key, at once", status_code=200)
     async def revoke_key(self, pool: Pool, key_cache: KeyCacheOfProcess, key_id: KeyIdPath) -> KeyOut:
-        revoked = await service.revoke_key(pool, key_id)
-        # Other processes hear of it from PostgreSQL; this one need not wait for that.
-        key_cache.forget(key_id)
-        return revoked
+        # Answered once the revocation's notification has gone round (keys/cache.py).
+        async with key_cache.change_heard(key_id):
+            return await service.revoke_key(pool, key_id)
 
     @post(
         "/{key_id:int}/rotate",
@@ -43,6 +42,5 @@ class KeysController(Controller):
         status_code=201,
     )
     async def rotate_key(self, pool: Pool, key_cache: KeyCacheOfProcess, key_id: KeyIdPath) -> KeyCreated:
-        rotated = await service.rotate_key(pool, key_id)
-        key_cache.forget(key_id)
-        return rotated
+        async with key_cache.change_heard(key_id):
+            return await service.rotate_key(pool, key_id)
