@@ -113,6 +113,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="granian runtime threads (default: serve's)")
     parser.add_argument("--soak-s", type=int, default=300, help="soak seconds at half the peak; 0 skips it")
     parser.add_argument("--dispatch-s", type=int, default=20, help="dispatcher figure seconds; 0 skips it")
+    parser.add_argument(
+        "--dispatch-concurrency",
+        type=int,
+        default=DISPATCH_CONCURRENCY,
+        help=f"DISPATCHER_CONCURRENCY of the dispatcher and soak figures (default {DISPATCH_CONCURRENCY})",
+    )
     parser.add_argument("--fast", action="store_true", help="fsync off: quick iteration, not the honest figure")
     parser.add_argument("--only", action="append", help="run only these scenarios (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
@@ -386,7 +392,9 @@ async def check_database(dsn: str, run_ids: dict[str, str], accepted: dict[str, 
     return problems
 
 
-def moments_env(dsn: str, work_dir: Path, *, dispatcher: bool, worker_url: str | None = None) -> dict[str, str]:
+def moments_env(
+    dsn: str, work_dir: Path, *, dispatcher: bool, worker_url: str | None = None, concurrency: int = 0
+) -> dict[str, str]:
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -401,7 +409,7 @@ def moments_env(dsn: str, work_dir: Path, *, dispatcher: bool, worker_url: str |
     if worker_url:
         env["GENERATION_WORKER_URL"] = worker_url
         # Renders in flight at once: the instant worker takes any number, as a fleet behind one URL would.
-        env["DISPATCHER_CONCURRENCY"] = str(DISPATCH_CONCURRENCY)
+        env["DISPATCHER_CONCURRENCY"] = str(concurrency)
     return env
 
 
@@ -550,7 +558,9 @@ def dispatch_figure(
     worker = worker_process(work_dir, worker_port)
     try:
         _wait_worker(worker_url)
-        env = moments_env(dsn, work_dir, dispatcher=True, worker_url=worker_url)
+        env = moments_env(
+            dsn, work_dir, dispatcher=True, worker_url=worker_url, concurrency=options.dispatch_concurrency
+        )
         queued_before = asyncio.run(
             _count(dsn, "SELECT count(*) FROM generations WHERE status IN ('queued','running')")
         )
@@ -605,7 +615,9 @@ def soak(
     figures: list[tuple[float, float, float, float]] = []
     try:
         _wait_worker(worker_url)
-        env = moments_env(dsn, work_dir, dispatcher=True, worker_url=worker_url)
+        env = moments_env(
+            dsn, work_dir, dispatcher=True, worker_url=worker_url, concurrency=options.dispatch_concurrency
+        )
         server = Server(MOMENTS_APP, env=env, workers=workers, threads=threads, log_path=work_dir / "soak.log")
         with running(server, "/readyz"):
             progress(f"soak: {rate_per_s:,.0f} generations/s for {windows} x {window_s} s, dispatcher and worker on")
@@ -755,7 +767,7 @@ def render(report: Report) -> str:
             "",
             f"  dispatcher (instant worker): settled {dispatch['settled_per_s']:,.0f} generations/s beside a creation "
             f"rate of {dispatch['creation_per_s']:,.0f}/s = {dispatch['ratio']:.2f} (DISPATCHER_CONCURRENCY="
-            f"{DISPATCH_CONCURRENCY}); "
+            f"{options['dispatch_concurrency']}); "
             f"{dispatch['queued_at_start']:,.0f} queued at its start, {dispatch['failed']:,.0f} failed",
         ]
     if report.soak:
