@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import File
 
+from entitlements.approvals import ApprovalPending
 from entitlements.errors import Unavailable
 from entitlements.generations import service
 from entitlements.generations.dispatcher import Dispatcher
@@ -31,6 +33,7 @@ from entitlements.http import (
     PriceTable,
     TheCaller,
     UserIdPath,
+    answer_response,
 )
 from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN
 
@@ -123,24 +126,30 @@ class GenerationsController(Controller):
     @post(
         "/v1/generations/{generation_id:str}/refund",
         operation_id="refundGeneration",
-        summary="Refund a delivered generation, whole or in part",
+        summary="Refund a delivered generation, whole or in part (support: large ones approved)",
+        description="A support refund above APPROVAL_THRESHOLD_MOMENTS answers 202 and takes effect once a second "
+        "person approves it (`/v1/approvals`).",
         opt={"roles": ("support",), "idempotent": True},
         status_code=201,
+        responses={202: ResponseSpec(ApprovalPending, description="Waits for a second person's approval")},
     )
     async def refund_generation(
         self,
         pool: Pool,
         ledger_service: LedgerService,
+        settings: AppSettings,
         caller: TheCaller,
         idempotency_key: IdempotencyKey,
         generation_id: FromPath[str],
         data: JSONBody[RefundCreate],
-    ) -> RefundOut:
-        return await service.refund(
+    ) -> Response[RefundOut]:
+        answer = await service.refund(
             pool=pool,
             ledger_service=ledger_service,
             caller=caller,
             generation_id=generation_id,
             body=data,
             key=idempotency_key,
+            limits=settings.api,
         )
+        return answer_response(answer.refunded, answer.pending, 201)

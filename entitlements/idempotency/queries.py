@@ -14,3 +14,11 @@ STORE = """
 UPDATE api_idempotency SET response_body = $3
 WHERE caller_key_id = $1 AND idempotency_key = $2
 """
+
+# The users of the stored answers under an Idempotency-Key, whoever the caller (answers name their user in
+# `user_id`). The key is the primary key's second column: PostgreSQL skips through the first.
+USERS_OF_KEY = """
+SELECT DISTINCT response_body ->> 'user_id' AS user_id, operation FROM api_idempotency
+WHERE idempotency_key = $1 AND response_body ? 'user_id'
+LIMIT $2
+"""

@@ -1,5 +1,21 @@
 """Subscription tiers and the video gate."""
 
-from entitlements.tiers.service import check_video_gate, set_manual_tier, tier_of, video_refusal
+from entitlements.tiers.schemas import SubscriptionView
+from entitlements.tiers.service import (
+    check_video_gate,
+    entitlements,
+    set_manual_tier,
+    subscription_of,
+    tier_of,
+    video_refusal,
+)
 
-__all__ = ["check_video_gate", "set_manual_tier", "tier_of", "video_refusal"]
+__all__ = [
+    "SubscriptionView",
+    "check_video_gate",
+    "entitlements",
+    "set_manual_tier",
+    "subscription_of",
+    "tier_of",
+    "video_refusal",
+]

@@ -1,0 +1,43 @@
+"""The support console: sessions, search and the pages of `/console` (server-rendered, htmx)."""
+
+from entitlements.console.service import (
+    CONSOLE_ROLES,
+    USER_PAGE_OPERATIONS,
+    ConsoleSession,
+    GenerationsView,
+    JournalView,
+    Match,
+    UserPage,
+    check_csrf,
+    generations_view,
+    journal,
+    new_form_token,
+    purge_sessions,
+    search,
+    session_of,
+    sign_in,
+    sign_out,
+    tokens_match,
+    user_page,
+)
+
+__all__ = [
+    "CONSOLE_ROLES",
+    "USER_PAGE_OPERATIONS",
+    "ConsoleSession",
+    "GenerationsView",
+    "JournalView",
+    "Match",
+    "UserPage",
+    "check_csrf",
+    "generations_view",
+    "journal",
+    "new_form_token",
+    "purge_sessions",
+    "search",
+    "session_of",
+    "sign_in",
+    "sign_out",
+    "tokens_match",
+    "user_page",
+]
