@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
 
@@ -31,14 +30,21 @@ APPROVALS_OF_USER_MAX = 100
 APPROVAL_ID_MAX = (1 << 53) - 1
 
 
-@dataclass(frozen=True)
+Execute = Callable[[ledger.Connection, ledger.Ledger, ApprovalOut], Awaitable[int]]
+# Given the requester (the person) and the UTC day the request was counted against, if any.
+OnReject = Callable[[ledger.Connection, ApprovalOut, str, date | None], Awaitable[None]]
+
+
 class ApprovalEffect:
     """What approving (and rejecting) an approval of one kind does, inside the decision's transaction.
-    `execute` returns the ledger transaction it wrote."""
+    `execute` returns the ledger transaction it wrote. (A plain class, not a dataclass: dependency
+    injection checks it by isinstance rather than by resolving its fields' annotations.)"""
 
-    execute: Callable[[ledger.Connection, ledger.Ledger, ApprovalOut], Awaitable[int]]
-    # Given the requester (the person) and the UTC day the request was counted against, if any.
-    on_reject: Callable[[ledger.Connection, ApprovalOut, str, date | None], Awaitable[None]] | None = None
+    __slots__ = ("execute", "on_reject")
+
+    def __init__(self, execute: Execute, on_reject: OnReject | None = None) -> None:
+        self.execute = execute
+        self.on_reject = on_reject
 
 
 def needs_approval(caller: Caller, moments: int, threshold_moments: int) -> bool:

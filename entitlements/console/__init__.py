@@ -2,6 +2,9 @@
 
 from entitlements.console.service import (
     CONSOLE_ROLES,
+    GENERATIONS_OPERATION,
+    LEDGER_OPERATION,
+    SEARCH_CHARS_MAX,
     USER_PAGE_OPERATIONS,
     ConsoleSession,
     GenerationsView,
@@ -23,6 +26,9 @@ from entitlements.console.service import (
 
 __all__ = [
     "CONSOLE_ROLES",
+    "GENERATIONS_OPERATION",
+    "LEDGER_OPERATION",
+    "SEARCH_CHARS_MAX",
     "USER_PAGE_OPERATIONS",
     "ConsoleSession",
     "GenerationsView",

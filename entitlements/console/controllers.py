@@ -46,10 +46,10 @@ from entitlements.http import (
     LedgerService,
     Pool,
     UserIdPath,
+    decode_strictly,
     may,
     operation_roles,
 )
-from entitlements.http.body import decode_strictly
 from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN, aware
 
 log = structlog.get_logger("moments.console")
@@ -269,7 +269,7 @@ class ConsoleController(Controller):
         request: Request[Any, Any, Any],
         settings: AppSettings,
         expired: Annotated[str | None, QueryParameter(max_length=10)] = None,
-        next_path: Annotated[str | None, QueryParameter(query="next", max_length=300)] = None,
+        next_path: Annotated[str | None, QueryParameter(name="next", max_length=300)] = None,
     ) -> Template:
         token = request.cookies.get(SIGN_IN_COOKIE) or console.new_form_token()
         notice = "Your session expired: sign in again." if expired else None
@@ -352,7 +352,7 @@ class ConsoleController(Controller):
         request: Request[Any, Any, Any],
         pool: Pool,
         ledger_service: LedgerService,
-        q: Annotated[str, QueryParameter(max_length=console.service.SEARCH_CHARS_MAX)] = "",
+        q: Annotated[str, QueryParameter(max_length=console.SEARCH_CHARS_MAX)] = "",
     ) -> Response[Any]:
         matches = await console.search(pool, ledger_service, q)
         users = {match.user_id for match in matches}
@@ -386,7 +386,7 @@ class ConsoleController(Controller):
             limits=settings.api,
         )
 
-    @get("/users/{user_id:str}/journal", opt={"mirrors": (console.service.LEDGER_OPERATION,)})
+    @get("/users/{user_id:str}/journal", opt={"mirrors": (console.LEDGER_OPERATION,)})
     async def journal(
         self,
         request: Request[Any, Any, Any],
@@ -399,7 +399,7 @@ class ConsoleController(Controller):
         template = "partials/journal_rows.html" if _is_htmx(request) else "journal_page.html"
         return render(request, template, user_id=user_id, journal=view)
 
-    @get("/users/{user_id:str}/generations", opt={"mirrors": (console.service.GENERATIONS_OPERATION,)})
+    @get("/users/{user_id:str}/generations", opt={"mirrors": (console.GENERATIONS_OPERATION,)})
     async def generations_list(
         self,
         request: Request[Any, Any, Any],

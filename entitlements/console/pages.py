@@ -32,7 +32,7 @@ def delta(value: int) -> str:
 def when(value: datetime | None) -> str:
     if value is None:
         return "—"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def short(value: str) -> str:

@@ -10,7 +10,7 @@ from entitlements.http.auth import (
     operation_roles,
     role_guard,
 )
-from entitlements.http.body import STRICT_BODY
+from entitlements.http.body import STRICT_BODY, decode_strictly
 from entitlements.http.deps import (
     AppSettings,
     AuditChecks,
@@ -57,6 +57,7 @@ __all__ = [
     "Window",
     "allowed_roles",
     "answer_response",
+    "decode_strictly",
     "may",
     "mirrored_roles",
     "operation_roles",
