@@ -161,6 +161,11 @@ def _struct(model: type[S], values: dict[str, Any]) -> S:
     return decode_strictly(msgspec.json.Decoder(model), msgspec.json.encode(values), model)
 
 
+def _with_preview_reason(fields: dict[str, str]) -> dict[str, str]:
+    """A preview needs no reason yet (the balance after does not depend on it); the action still does."""
+    return fields if fields.get("reason", "").strip() else fields | {"reason": "(preview)"}
+
+
 def _idempotency_key(fields: Mapping[str, str]) -> str:
     key = fields.get("idempotency_key", "")
     if not key.startswith(IDEMPOTENCY_PREFIX) or not 1 <= len(key) <= 255 or not key.isprintable():
@@ -452,7 +457,7 @@ class ConsoleController(Controller):
         settings: AppSettings,
         user_id: UserIdPath,
     ) -> Template:
-        fields = await _form(request)
+        fields = _with_preview_reason(await _form(request))
         try:
             body = _grant_body(fields)
             preview = await accounts.preview_grant(
@@ -493,7 +498,7 @@ class ConsoleController(Controller):
         settings: AppSettings,
         generation_id: FromPath[str],
     ) -> Template:
-        fields = await _form(request)
+        fields = _with_preview_reason(await _form(request))
         try:
             body = _refund_body(fields)
             preview = await generations.preview_refund(

@@ -108,9 +108,7 @@ async def console(
     _, api_process = console_processes
     connection = await asyncpg.connect(console_database_url)
     try:
-        keys = {
-            who: (await create_key(connection, role=role, name=name)).key for who, (role, name) in PEOPLE.items()
-        }
+        keys = {who: (await create_key(connection, role=role, name=name)).key for who, (role, name) in PEOPLE.items()}
     finally:
         await connection.close()
     screenshots = Path(os.environ.get("CONSOLE_SCREENSHOT_DIR") or tmp_path_factory.mktemp("console-screenshots"))

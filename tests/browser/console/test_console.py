@@ -101,7 +101,9 @@ async def test_the_user_page_shows_what_the_api_says(page: Any, console: Console
         running -= item["delta_available"]
     assert running == 0
     # One lot (the grant) with what is left of it, and each video drew from it.
-    assert figure(await page.locator("#lots tbody tr td:nth-child(4)").first.inner_text()) == api["balance"]["available"]
+    assert (
+        figure(await page.locator("#lots tbody tr td:nth-child(4)").first.inner_text()) == api["balance"]["available"]
+    )
     for video in videos:
         card = page.locator(f"#generation-{video['id']}")
         assert await card.get_attribute("data-status") == "succeeded"
