@@ -209,18 +209,16 @@ class ConsoleSettings:
     # "auto": the cookie is Secure when the request came over TLS; "always": behind a TLS-terminating proxy.
     cookie_secure: CookieSecure
 
-    def __post_init__(self) -> None:
-        if self.session_idle_s > self.session_absolute_s:
-            raise SettingsError("CONSOLE_SESSION_IDLE_S must not exceed CONSOLE_SESSION_ABSOLUTE_S")
-
     @classmethod
     def from_env(cls) -> ConsoleSettings:
         cookie_secure: Any = _text("CONSOLE_COOKIE_SECURE", "auto")
         if cookie_secure not in {"auto", "always"}:
             raise SettingsError(f"CONSOLE_COOKIE_SECURE must be auto or always, got {cookie_secure!r}")
+        absolute_s = _int("CONSOLE_SESSION_ABSOLUTE_S", 12 * 3600, minimum=300, maximum=30 * 86_400)
         return cls(
-            session_idle_s=_int("CONSOLE_SESSION_IDLE_S", 1800, minimum=60, maximum=86_400),
-            session_absolute_s=_int("CONSOLE_SESSION_ABSOLUTE_S", 12 * 3600, minimum=300, maximum=30 * 86_400),
+            # A session never idles longer than it lives.
+            session_idle_s=min(_int("CONSOLE_SESSION_IDLE_S", 1800, minimum=60, maximum=86_400), absolute_s),
+            session_absolute_s=absolute_s,
             cookie_secure=cookie_secure,
         )
 

@@ -151,7 +151,7 @@ def _moments(text: str | None, *, required: bool) -> int | None:
         if required:
             raise ValidationFailed("moments", "is required")
         return None
-    if not text.isdigit() or len(text) > MOMENTS_DIGITS_MAX:
+    if not (text.isascii() and text.isdigit()) or len(text) > MOMENTS_DIGITS_MAX:
         raise ValidationFailed("moments", f"must be a whole number of moments, 1-{ledger.AMOUNT_MOMENTS_MAX}")
     return int(text)
 
