@@ -19,7 +19,7 @@ def unique(prefix: str) -> str:
 
 
 def figure(text: str) -> int:
-    """A figure as the console prints it ("1,234", "−50") as an integer."""
+    """A figure as the console prints it ("1,234", a minus sign and "50") as an integer."""
     cleaned = text.strip().replace(",", "").replace("\u2212", "-").replace("+", "")
     return int(cleaned)
 

@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 
 from tests.browser.conftest import DESKTOP, PHONE, Console
-from tests.support.generations import stripe_clawback
 from tests.browser.console.helpers import (
     entitlements,
     figure,
@@ -22,6 +21,7 @@ from tests.browser.console.helpers import (
     sign_in,
     unique,
 )
+from tests.support.generations import stripe_clawback
 
 AXE = Path(__file__).resolve().parents[3] / "entitlements" / "http" / "static" / "axe" / "axe.min.js"
 

@@ -15,7 +15,6 @@ import pytest
 
 import ledger
 from entitlements import generations
-
 from tests.support.generations import fresh_key
 from tests.support.http import Api, api_for
 

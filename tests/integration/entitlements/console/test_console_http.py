@@ -283,11 +283,13 @@ async def test_a_preview_shows_the_balance_after_and_writes_nothing(api: Api, po
     pending = await post(
         api, "/console/users/u1/grants/preview", {"csrf_token": csrf, "moments": "3000", "reason": "x"}, htmx=True
     )
-    assert "second person" in pending.text and "3,100" in pending.text
+    assert "second person" in pending.text
+    assert "3,100" in pending.text
     over = await post(
         api, "/console/users/u1/grants/preview", {"csrf_token": csrf, "moments": "5001", "reason": "x"}, htmx=True
     )
-    assert "Would be refused" in over.text and "at most 5000" in over.text
+    assert "Would be refused" in over.text
+    assert "at most 5000" in over.text
     junk = await post(
         api, "/console/users/u1/grants/preview", {"csrf_token": csrf, "moments": "12abc", "reason": "x"}, htmx=True
     )
@@ -312,7 +314,8 @@ async def stripe_rows(pool: asyncpg.Pool, user: str, transaction_id: int) -> Non
         transaction_id,
     )
     await pool.execute(
-        "INSERT INTO stripe_disputes (dispute_id, checkout_session_id, moments, status) VALUES ('dp_1', 'cs_1', 0, 'open')"
+        "INSERT INTO stripe_disputes (dispute_id, checkout_session_id, moments, status)"
+        " VALUES ('dp_1', 'cs_1', 0, 'open')"
     )
 
 
@@ -334,7 +337,8 @@ async def test_search_finds_the_user_by_every_kind_of_id(api: Api, pool: asyncpg
     assert other.status_code == 201
     both = await get(api, "/console/search", q="console-search-key")
     assert both.status_code == 200
-    assert "/console/users/carol" in both.text and "/console/users/dave" in both.text
+    assert "/console/users/carol" in both.text
+    assert "/console/users/dave" in both.text
 
 
 async def test_the_user_page_journal_runs_to_the_balance_and_pages_by_cursor(api: Api, pool: asyncpg.Pool) -> None:
@@ -357,7 +361,8 @@ async def test_the_user_page_journal_runs_to_the_balance_and_pages_by_cursor(api
     forged = await get(api, "/console/users/u1/journal", cursor="forged")
     assert forged.status_code == 422
     # Finance reads the ledger, not a user's tier or videos (as through the API).
-    assert 'data-figure="tier"' not in page.text and 'id="generations"' not in page.text
+    assert 'data-figure="tier"' not in page.text
+    assert 'id="generations"' not in page.text
 
 
 @pytest.mark.parametrize(
