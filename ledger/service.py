@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
@@ -124,6 +124,21 @@ _USER_DELTAS = """
 """
 
 
+def _delta_fields(row: asyncpg.Record) -> dict[str, Any]:
+    """A row of `_USER_DELTAS` as the fields of a history (or journal) item."""
+    return {
+        "transaction_id": row["id"],
+        "kind": row["kind"],
+        "delta_available": row["available"],
+        "delta_held": row["held"],
+        "delta_owed": row["owed"],
+        "reference": row["reference"],
+        "reason": row["reason"],
+        "actor": row["actor"],
+        "created_at": row["created_at"],
+    }
+
+
 class Ledger:
     def __init__(self, pool: asyncpg.Pool, *, batch_settings: BatchSettings | None = None) -> None:
         self.pool = pool
@@ -191,20 +206,7 @@ class Ledger:
             before,
             limit + 1,
         )
-        items = [
-            HistoryItem(
-                transaction_id=row["id"],
-                kind=row["kind"],
-                delta_available=row["available"],
-                delta_held=row["held"],
-                delta_owed=row["owed"],
-                reference=row["reference"],
-                reason=row["reason"],
-                actor=row["actor"],
-                created_at=row["created_at"],
-            )
-            for row in rows[:limit]
-        ]
+        items = [HistoryItem(**_delta_fields(row)) for row in rows[:limit]]
         next_cursor = encode_id_cursor(HISTORY_CURSOR, items[-1].transaction_id) if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
@@ -233,18 +235,10 @@ class Ledger:
         )
         items = [
             JournalItem(
-                transaction_id=row["id"],
-                kind=row["kind"],
-                delta_available=row["available"],
-                delta_held=row["held"],
-                delta_owed=row["owed"],
+                **_delta_fields(row),
                 available_after=int(row["available_after"]),
                 held_after=int(row["held_after"]),
                 owed_after=int(row["owed_after"]),
-                reference=row["reference"],
-                reason=row["reason"],
-                actor=row["actor"],
-                created_at=row["created_at"],
             )
             for row in rows[:limit]
         ]

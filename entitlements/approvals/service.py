@@ -162,6 +162,28 @@ async def _lock_undecided(
     return row, approval
 
 
+async def _decide(
+    connection: ledger.Connection,
+    approval_id: int,
+    status: Literal["approved", "rejected"],
+    caller: Caller,
+    body: ApprovalDecision,
+    transaction_id: int | None,
+) -> ApprovalOut:
+    row = await connection.fetchrow(
+        queries.DECIDE_APPROVAL,
+        approval_id,
+        status,
+        caller.key_id,
+        caller.actor,
+        caller.name,
+        body.reason,
+        transaction_id,
+    )
+    assert row is not None
+    return _out(row)
+
+
 async def approve(
     pool: asyncpg.Pool,
     ledger_service: ledger.Ledger,
@@ -176,18 +198,7 @@ async def approve(
             return found
         _, approval = found
         transaction_id = await effects[approval.kind].execute(connection, ledger_service, approval)
-        row = await connection.fetchrow(
-            queries.DECIDE_APPROVAL,
-            approval_id,
-            "approved",
-            caller.key_id,
-            caller.actor,
-            caller.name,
-            body.reason,
-            transaction_id,
-        )
-        assert row is not None
-        return _out(row)
+        return await _decide(connection, approval_id, "approved", caller, body, transaction_id)
 
 
 async def reject(

@@ -10,10 +10,9 @@ plain form post with a 303 to it; a refusal is the problem's detail, in place of
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -36,7 +35,7 @@ import ledger
 from entitlements import accounts, approvals, billing, console, generations
 from entitlements.approvals import APPROVAL_ID_MAX, ApprovalDecision, ApprovalEffect
 from entitlements.console import ConsoleSession
-from entitlements.errors import DomainError, SessionRequired, Unavailable, ValidationFailed
+from entitlements.errors import DomainError, SessionRequired, ValidationFailed
 from entitlements.http import (
     SESSION_COOKIE,
     STATUS_BY_CODE,
@@ -50,7 +49,7 @@ from entitlements.http import (
     may,
     operation_roles,
 )
-from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN, aware
+from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN, Preview, aware
 
 log = structlog.get_logger("moments.console")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -427,9 +426,7 @@ class ConsoleController(Controller):
         media_type="video/mp4",
     )
     async def video(self, pool: Pool, generation_id: FromPath[str]) -> File:
-        path = await generations.video_path(pool, generation_id)
-        if not await asyncio.to_thread(path.is_file):
-            raise Unavailable("the video file is not reachable from this server")
+        path = await generations.video_file(pool, generation_id)
         return File(
             path=path, media_type="video/mp4", filename=f"{generation_id}.mp4", content_disposition_type="inline"
         )
@@ -458,14 +455,13 @@ class ConsoleController(Controller):
         user_id: UserIdPath,
     ) -> Template:
         fields = _with_preview_reason(await _form(request))
-        try:
-            body = _grant_body(fields)
-            preview = await accounts.preview_grant(
-                pool, ledger_service, _session(request).caller, user_id, body, limits=settings.api
-            )
-        except (DomainError, ledger.LedgerRuleError) as refused:
-            return render(request, "partials/preview.html", preview=None, refusal=_refusal_text(refused))
-        return render(request, "partials/preview.html", preview=preview, refusal=None)
+        caller = _session(request).caller
+        return await _preview_page(
+            request,
+            lambda: accounts.preview_grant(
+                pool, ledger_service, caller, user_id, _grant_body(fields), limits=settings.api
+            ),
+        )
 
     @post("/users/{user_id:str}/grants", opt={"mirrors": ("createGrant",)}, status_code=200)
     async def grant(
@@ -499,14 +495,13 @@ class ConsoleController(Controller):
         generation_id: FromPath[str],
     ) -> Template:
         fields = _with_preview_reason(await _form(request))
-        try:
-            body = _refund_body(fields)
-            preview = await generations.preview_refund(
-                pool, ledger_service, _session(request).caller, generation_id, body, limits=settings.api
-            )
-        except (DomainError, ledger.LedgerRuleError) as refused:
-            return render(request, "partials/preview.html", preview=None, refusal=_refusal_text(refused))
-        return render(request, "partials/preview.html", preview=preview, refusal=None)
+        caller = _session(request).caller
+        return await _preview_page(
+            request,
+            lambda: generations.preview_refund(
+                pool, ledger_service, caller, generation_id, _refund_body(fields), limits=settings.api
+            ),
+        )
 
     @post("/generations/{generation_id:str}/refund", opt={"mirrors": ("refundGeneration",)}, status_code=200)
     async def refund(
@@ -598,8 +593,14 @@ def _granted_id(answer: accounts.GrantAnswer) -> int:
     return answer.granted.transaction_id
 
 
-def _refusal_text(refused: DomainError | ledger.LedgerRuleError) -> str:
-    return refused.detail if isinstance(refused, DomainError) else str(refused)
+async def _preview_page(request: Request[Any, Any, Any], attempt: Callable[[], Awaitable[Preview]]) -> Template:
+    """The balance after an action, or why it would be refused, in place of the form's preview line."""
+    try:
+        preview = await attempt()
+    except (DomainError, ledger.LedgerRuleError) as refused:
+        refusal = refused.detail if isinstance(refused, DomainError) else str(refused)
+        return render(request, "partials/preview.html", preview=None, refusal=refusal)
+    return render(request, "partials/preview.html", preview=preview, refusal=None)
 
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

@@ -14,6 +14,7 @@ from entitlements.generations.service import (
     settle_failure,
     settle_success,
     user_of,
+    video_file,
     video_path,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "settle_failure",
     "settle_success",
     "user_of",
+    "video_file",
     "video_path",
 ]

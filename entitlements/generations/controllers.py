@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
@@ -12,7 +11,6 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import File
 
 from entitlements.approvals import ApprovalPending
-from entitlements.errors import Unavailable
 from entitlements.generations import service
 from entitlements.generations.dispatcher import Dispatcher
 from entitlements.generations.schemas import (
@@ -116,9 +114,7 @@ class GenerationsController(Controller):
         media_type="video/mp4",
     )
     async def get_generation_video(self, pool: Pool, generation_id: FromPath[str]) -> File:
-        path = await service.video_path(pool, generation_id)
-        if not await asyncio.to_thread(path.is_file):
-            raise Unavailable("the video file is not reachable from this server")
+        path = await service.video_file(pool, generation_id)
         return File(
             path=path, media_type="video/mp4", filename=f"{generation_id}.mp4", content_disposition_type="inline"
         )

@@ -7,6 +7,7 @@ serialises the dispatcher, the sweeper and support, so each generation settles e
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ import ledger
 import pricing
 from entitlements import approvals, idempotency, quotes, tiers
 from entitlements.approvals import ApprovalOut
-from entitlements.errors import NotFound, NotRefundable, VideoUnavailable
+from entitlements.errors import NotFound, NotRefundable, Unavailable, VideoUnavailable
 from entitlements.generations import queries
 from entitlements.generations.schemas import (
     GenerationCreate,
@@ -105,6 +106,15 @@ async def video_path(pool: asyncpg.Pool, generation_id: str) -> Path:
     if row["status"] not in WITH_VIDEO or row["video_path"] is None:
         raise VideoUnavailable(f"generation {generation_id} has no video (status {row['status']})")
     return Path(row["video_path"])
+
+
+async def video_file(pool: asyncpg.Pool, generation_id: str) -> Path:
+    """The file of a delivered video, checked to be on this server (`Unavailable` if it is not: several
+    hosts without a shared VIDEO_DIR)."""
+    path = await video_path(pool, generation_id)
+    if not await asyncio.to_thread(path.is_file):
+        raise Unavailable("the video file is not reachable from this server")
+    return path
 
 
 def hold_reason(quote: pricing.Quote) -> str:

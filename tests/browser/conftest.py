@@ -54,9 +54,19 @@ class Console:
         return self.base_url + path
 
 
+def chromium_installed() -> bool:
+    return os.access(CHROMIUM, os.X_OK)
+
+
+def require_chromium() -> None:
+    """Skips the calling test module as a whole, so the run says once (one line) what to install."""
+    if not chromium_installed():
+        pytest.skip(SKIP_REASON, allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def chromium_path() -> Path:
-    if not os.access(CHROMIUM, os.X_OK):
+    if not chromium_installed():
         pytest.skip(SKIP_REASON)
     return CHROMIUM
 
