@@ -5,16 +5,26 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
-# The OpenAPI viewer's assets, served by the service itself (it works offline): swagger-ui-dist from the
-# npm registry at the exact version of frontend/package-lock.json, copied into the package, gitignored.
-SWAGGER_DIR := entitlements/http/static/swagger
-SWAGGER_STAMP := $(SWAGGER_DIR)/.installed
+# Browser assets, served by the service itself (it works offline), from the npm registry at the exact
+# versions of frontend/package-lock.json, copied into the package, gitignored: the OpenAPI viewer's
+# (swagger-ui-dist) and the console's (htmx, Pico CSS, Chart.js). axe-core is copied for the browser tests
+# only (they inject it into the pages); no route serves it.
+STATIC_DIR := entitlements/http/static
+SWAGGER_DIR := $(STATIC_DIR)/swagger
+ASSETS_STAMP := $(STATIC_DIR)/.installed
 SWAGGER_FILES := swagger-ui.css swagger-ui-bundle.js swagger-ui-standalone-preset.js favicon-32x32.png LICENSE NOTICE
+CONSOLE_VENDOR_DIR := $(STATIC_DIR)/console/vendor
+NPM := frontend/node_modules
+CONSOLE_FILES := htmx.org/dist/htmx.min.js @picocss/pico/css/pico.min.css chart.js/dist/chart.umd.min.js
+AXE_DIR := $(STATIC_DIR)/axe
+# The browser tests drive Debian's Chromium: installed with apt when it is missing and we are root (as CI
+# is); otherwise those tests are skipped with one line saying what to install.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint bench lock clean unit integration e2e
+.PHONY: run test lint bench lock clean unit integration e2e browser chromium
 
 # The virtualenv is rebuilt from the committed lock whenever the lock or the project metadata changes.
-$(STAMP): requirements.lock pyproject.toml $(SWAGGER_STAMP)
+$(STAMP): requirements.lock pyproject.toml $(ASSETS_STAMP)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
@@ -22,17 +32,27 @@ $(STAMP): requirements.lock pyproject.toml $(SWAGGER_STAMP)
 	@touch $(STAMP)
 
 # npm comes from Debian's packages when the machine has none (as root, like the rest of this workplace).
-$(SWAGGER_STAMP): frontend/package.json frontend/package-lock.json frontend/.npmrc
+$(ASSETS_STAMP): frontend/package.json frontend/package-lock.json frontend/.npmrc
 	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	cd frontend && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
-	@mkdir -p $(SWAGGER_DIR)
-	cp $(addprefix frontend/node_modules/swagger-ui-dist/,$(SWAGGER_FILES)) $(SWAGGER_DIR)/
+	@mkdir -p $(SWAGGER_DIR) $(CONSOLE_VENDOR_DIR) $(AXE_DIR)
+	cp $(addprefix $(NPM)/swagger-ui-dist/,$(SWAGGER_FILES)) $(SWAGGER_DIR)/
+	cp $(addprefix $(NPM)/,$(CONSOLE_FILES)) $(CONSOLE_VENDOR_DIR)/
+	cp $(NPM)/htmx.org/LICENSE $(CONSOLE_VENDOR_DIR)/LICENSE.htmx
+	cp $(NPM)/@picocss/pico/LICENSE.md $(CONSOLE_VENDOR_DIR)/LICENSE.pico.md
+	cp $(NPM)/chart.js/LICENSE.md $(CONSOLE_VENDOR_DIR)/LICENSE.chartjs.md
+	cp $(NPM)/axe-core/axe.min.js $(NPM)/axe-core/LICENSE $(AXE_DIR)/
 	@touch $@
+
+chromium:
+	@test -x $(CHROMIUM) || [ "$$(id -u)" != 0 ] || { echo "installing Debian's chromium for the browser tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "could not install chromium: the browser tests will be skipped"; }
 
 run: $(STAMP)
 	$(BIN)/moments dev
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest tests
 
 unit: $(STAMP)
@@ -43,6 +63,9 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
+
+browser: $(STAMP) chromium
+	$(BIN)/python -m pytest tests/browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

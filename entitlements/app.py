@@ -19,12 +19,18 @@ import structlog
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import billing, generations, keys, quotes
+from entitlements import accounts, approvals, billing, console, generations, keys, quotes
 from entitlements.accounts.controllers import AccountsController
+from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
+from entitlements.console.controllers import TEMPLATES_DIR, ConsoleController, console_static_router
+from entitlements.console.pages import environment
 from entitlements.generations.controllers import GenerationsController
 from entitlements.http import (
     EXCEPTION_HANDLERS,
@@ -41,7 +47,7 @@ from entitlements.http.observability import request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
 from entitlements.keys.controllers import KeysController
 from entitlements.quotes.controllers import QuotesController
-from entitlements.settings import GenerationSettings, Settings
+from entitlements.settings import ConsoleSettings, GenerationSettings, Settings
 from entitlements.tiers.controllers import TiersController
 from generation_client import WorkerClient
 from generation_client.logs import configure_logging
@@ -57,7 +63,15 @@ CONTROLLERS = (
     GenerationsController,
     BillingController,
     KeysController,
+    ApprovalsController,
+    ConsoleController,
 )
+# What approving an approval of each kind does: the grant's and the refund's own code (and, for a rejected
+# grant, giving its moments back to the requester's daily total).
+APPROVAL_EFFECTS: dict[str, approvals.ApprovalEffect] = {
+    "grant": approvals.ApprovalEffect(execute=accounts.grant_approved, on_reject=accounts.release_daily_grant),
+    "refund": approvals.ApprovalEffect(execute=generations.refund_approved),
+}
 log = structlog.get_logger("moments.app")
 
 
@@ -118,6 +132,7 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "stripe_gateway": _state_value(state, "stripe"),
         "audit_checks": _state_value(state, "extra_audit_checks"),
         "key_cache": _state_value(state, "key_cache"),
+        "approval_effects": _state_value(state, "approval_effects"),
         "price_table": Provide(provide_price_table, sync_to_thread=False),
         "caller": Provide(provide_caller, sync_to_thread=False),
         "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
@@ -180,14 +195,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             price_tables=price_tables,
             catalog=catalog,
             extra_audit_checks=EXTRA_AUDIT_CHECKS,
+            approval_effects=APPROVAL_EFFECTS,
             dispatcher=None,
             stripe=None,
             key_cache=None,
         )
     )
     app = Litestar(
-        route_handlers=[*CONTROLLERS, swagger_assets_router()],
-        plugins=[StrictStructSchemaPlugin()],
+        route_handlers=[*CONTROLLERS, swagger_assets_router(), console_static_router()],
+        plugins=[StrictStructSchemaPlugin(), HTMXPlugin()],
+        template_config=TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment(TEMPLATES_DIR))),
         before_request=before_request,
         dependencies=dependencies_for(state),
         dto=STRICT_BODY,
@@ -204,10 +221,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return app
 
 
-def sweeper_for(pool: asyncpg.Pool, ledger_service: ledger.Ledger, settings: GenerationSettings) -> generations.Sweeper:
-    """The sweeper with every domain's periodic work: expired holds and lots, and Stripe events stored but
-    not applied (a failure, an unknown customer, a refund before its purchase)."""
-    also = {"stripe_events": partial(billing.reapply_pending_events, pool, ledger_service)}
+def sweeper_for(
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    settings: GenerationSettings,
+    console_settings: ConsoleSettings | None = None,
+) -> generations.Sweeper:
+    """The sweeper with every domain's periodic work: expired holds and lots, Stripe events stored but
+    not applied (a failure, an unknown customer, a refund before its purchase), and console sessions long over."""
+    also = {
+        "stripe_events": partial(billing.reapply_pending_events, pool, ledger_service),
+        "console_sessions": partial(console.purge_sessions, pool, console_settings or ConsoleSettings.from_env()),
+    }
     return generations.Sweeper(pool, ledger_service, settings, also)
 
 
@@ -220,7 +245,7 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
     if not generation.dispatcher_enabled:
         return []
     pool, ledger_service = app.state.pool, app.state.ledger
-    tasks = [asyncio.create_task(sweeper_for(pool, ledger_service, generation).run(), name="sweeper")]
+    tasks = [asyncio.create_task(sweeper_for(pool, ledger_service, generation, settings.console).run(), name="sweeper")]
     if not generation.worker_urls:
         log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
         return tasks

@@ -46,6 +46,14 @@ class Forbidden(DomainError):
     code = "forbidden"
 
 
+class SessionRequired(Unauthorized):
+    """The console's pages need a live session (none, signed out, expired, or its key revoked)."""
+
+
+class CsrfRefused(Forbidden):
+    """A console form without its session's CSRF token (or with another's)."""
+
+
 class NotFound(DomainError):
     code = "not_found"
 
@@ -106,6 +114,7 @@ class StripeRefused(DomainError):
 
 __all__ = [
     "Conflict",
+    "CsrfRefused",
     "DomainError",
     "Forbidden",
     "IdempotencyKeyRequired",
@@ -115,6 +124,7 @@ __all__ = [
     "NotFound",
     "NotReady",
     "NotRefundable",
+    "SessionRequired",
     "StripeNotConfigured",
     "StripeRefused",
     "StripeUnavailable",

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import msgspec
 
+import ledger
 from entitlements.errors import ValidationFailed
 
 PROMPT_CHARS_MAX = 5_000
@@ -56,3 +57,12 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class Balance(Struct, frozen=True):
     available: int
     held: int
+
+
+class Preview(Struct, frozen=True):
+    """A money-changing request tried and rolled back: the user's balances before and after it, and
+    whether it would wait for a second person's approval (then `after` is what approving it would make)."""
+
+    before: ledger.Balances
+    after: ledger.Balances
+    pending_approval: bool

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from generation_client.logs import LogFormat
 
@@ -95,6 +95,12 @@ class ApiSettings:
     page_size_max: int
     request_body_bytes_max: int
     support_grant_moments_max: int
+    # The most one support person (a key's name) may grant in one UTC day, pending requests included.
+    support_grant_daily_moments_max: int
+    # A support grant or refund of more than this waits for a second person's approval.
+    approval_threshold_moments: int
+    # A pending approval not decided within this long can no longer be approved.
+    approval_ttl_s: int
     log_format: LogFormat  # "json", "console", or "auto" (console on a TTY)
     # A cached key is read again from PostgreSQL after this long even if no revocation was heard.
     api_key_cache_ttl_s: int
@@ -111,6 +117,11 @@ class ApiSettings:
             page_size_max=page_size_max,
             request_body_bytes_max=_int("REQUEST_BODY_BYTES_MAX", 64 * 1024, minimum=1024, maximum=10 << 20),
             support_grant_moments_max=_int("SUPPORT_GRANT_MOMENTS_MAX", 5_000, minimum=0, maximum=10_000_000),
+            support_grant_daily_moments_max=_int(
+                "SUPPORT_GRANT_DAILY_MOMENTS_MAX", 10_000, minimum=0, maximum=100_000_000
+            ),
+            approval_threshold_moments=_int("APPROVAL_THRESHOLD_MOMENTS", 2_000, minimum=0, maximum=10_000_000),
+            approval_ttl_s=_int("APPROVAL_TTL_S", 7 * 86_400, minimum=60, maximum=90 * 86_400),
             log_format=log_format,
             api_key_cache_ttl_s=_int("API_KEY_CACHE_TTL_S", 60, minimum=0, maximum=3600),
             api_key_cache_entries_max=_int("API_KEY_CACHE_ENTRIES_MAX", 10_000, minimum=1, maximum=1_000_000),
@@ -191,6 +202,32 @@ class StripeSettings:
         )
 
 
+CookieSecure = Literal["auto", "always"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleSettings:
+    # A session unused this long is over (sign in again).
+    session_idle_s: int
+    # A session is over this long after sign-in, however busy.
+    session_absolute_s: int
+    # "auto": the cookie is Secure when the request came over TLS; "always": behind a TLS-terminating proxy.
+    cookie_secure: CookieSecure
+
+    @classmethod
+    def from_env(cls) -> ConsoleSettings:
+        cookie_secure: Any = _text("CONSOLE_COOKIE_SECURE", "auto")
+        if cookie_secure not in {"auto", "always"}:
+            raise SettingsError(f"CONSOLE_COOKIE_SECURE must be auto or always, got {cookie_secure!r}")
+        absolute_s = _int("CONSOLE_SESSION_ABSOLUTE_S", 12 * 3600, minimum=300, maximum=30 * 86_400)
+        return cls(
+            # A session never idles longer than it lives.
+            session_idle_s=min(_int("CONSOLE_SESSION_IDLE_S", 1800, minimum=60, maximum=86_400), absolute_s),
+            session_absolute_s=absolute_s,
+            cookie_secure=cookie_secure,
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings
@@ -198,6 +235,7 @@ class Settings:
     generation: GenerationSettings
     ledger: LedgerSettings
     stripe: StripeSettings
+    console: ConsoleSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -207,4 +245,5 @@ class Settings:
             generation=GenerationSettings.from_env(),
             ledger=LedgerSettings.from_env(),
             stripe=StripeSettings.from_env(),
+            console=ConsoleSettings.from_env(),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
@@ -15,7 +15,7 @@ from ledger.companions import Companion
 from ledger.cursors import decode_id_cursor, encode_id_cursor
 from ledger.engine import Connection, Engine, Outcome
 from ledger.operations import AnyOperation, ExpireLots, Result
-from ledger.rules import LedgerRuleError
+from ledger.rules import LedgerRuleError, Lot, spending_order_key
 
 PAGE_SIZE_MAX = 1000
 T = TypeVar("T")
@@ -57,6 +57,46 @@ class TransactionItem(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
+class JournalItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A history item with the user's balances right after it: the journal's running balance."""
+
+    transaction_id: int
+    kind: str
+    delta_available: int
+    delta_held: int
+    delta_owed: int
+    available_after: int
+    held_after: int
+    owed_after: int
+    reference: str | None
+    reason: str | None
+    actor: str
+    created_at: datetime
+
+
+class LotItem(msgspec.Struct, frozen=True, kw_only=True):
+    lot_id: int
+    category: str
+    amount: int
+    remaining: int
+    expires_at: datetime | None
+    created_at: datetime
+    source_transaction_id: int
+    # Past its expiry but not yet expired (the next touch or sweep expires it): spendable no more.
+    past_expiry: bool
+
+
+class ShareItem(msgspec.Struct, frozen=True, kw_only=True):
+    """What a hold drew from one lot, and what went back to it (voided) or was refunded."""
+
+    lot_id: int
+    category: str | None
+    lot_expires_at: datetime | None
+    drawn: int
+    returned: int
+    refunded: int
+
+
 class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     items: list[T]
     next_cursor: str | None
@@ -66,6 +106,38 @@ class Page(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
 # is accepted by the other.
 HISTORY_CURSOR = "h1"
 TRANSACTIONS_CURSOR = "t1"
+JOURNAL_CURSOR = "j1"
+# A user's lots with something left, read at most this many (the oldest first) for their spending order.
+LOTS_READ_MAX = 1000
+USERS_FOUND_MAX = 20
+
+# Each of a user's transactions with its effect on the user's three balances (the user is $1).
+_USER_DELTAS = """
+    SELECT t.id, t.kind, t.reference, t.reason, t.actor, t.created_at,
+           coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.available_account_id), 0)::bigint AS available,
+           coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.held_account_id), 0)::bigint AS held,
+           (-coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.debt_account_id), 0))::bigint AS owed
+    FROM ledger_transactions t
+    JOIN ledger_balances b ON b.user_id = t.user_id
+    JOIN ledger_postings p ON p.transaction_id = t.id
+    WHERE t.user_id = $1
+    GROUP BY t.id
+"""
+
+
+def _delta_fields(row: asyncpg.Record) -> dict[str, Any]:
+    """A row of `_USER_DELTAS` as the fields of a history (or journal) item."""
+    return {
+        "transaction_id": row["id"],
+        "kind": row["kind"],
+        "delta_available": row["available"],
+        "delta_held": row["held"],
+        "delta_owed": row["owed"],
+        "reference": row["reference"],
+        "reason": row["reason"],
+        "actor": row["actor"],
+        "created_at": row["created_at"],
+    }
 
 
 class Ledger:
@@ -135,17 +207,32 @@ class Ledger:
         assert 1 <= limit <= PAGE_SIZE_MAX
         before = decode_id_cursor(cursor, HISTORY_CURSOR)
         rows = await self.pool.fetch(
-            """
-            SELECT t.id, t.kind, t.reference, t.reason, t.actor, t.created_at,
-                   coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.available_account_id), 0)::bigint AS available,
-                   coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.held_account_id), 0)::bigint AS held,
-                   (-coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.debt_account_id), 0))::bigint AS owed
-            FROM ledger_transactions t
-            JOIN ledger_balances b ON b.user_id = t.user_id
-            JOIN ledger_postings p ON p.transaction_id = t.id
-            WHERE t.user_id = $1 AND ($2::bigint IS NULL OR t.id < $2)
-            GROUP BY t.id
-            ORDER BY t.id DESC
+            f"SELECT * FROM ({_USER_DELTAS}) AS d WHERE ($2::bigint IS NULL OR d.id < $2) ORDER BY d.id DESC LIMIT $3",
+            user_id,
+            before,
+            limit + 1,
+        )
+        items = [HistoryItem(**_delta_fields(row)) for row in rows[:limit]]
+        next_cursor = encode_id_cursor(HISTORY_CURSOR, items[-1].transaction_id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def journal(
+        self, user_id: str, *, limit: int, cursor: str | None, connection: Connection | asyncpg.Pool | None = None
+    ) -> Page[JournalItem]:
+        """The history with a running balance: each transaction with the user's balances right after it,
+        summed from the postings themselves (so it also shows that the cached balance is their sum)."""
+        assert 1 <= limit <= PAGE_SIZE_MAX
+        before = decode_id_cursor(cursor, JOURNAL_CURSOR)
+        rows = await (connection or self.pool).fetch(
+            f"""
+            SELECT * FROM (
+                SELECT d.*, sum(d.available) OVER running AS available_after,
+                       sum(d.held) OVER running AS held_after, sum(d.owed) OVER running AS owed_after
+                FROM ({_USER_DELTAS}) AS d
+                WINDOW running AS (ORDER BY d.id)
+            ) AS journal
+            WHERE ($2::bigint IS NULL OR id < $2)
+            ORDER BY id DESC
             LIMIT $3
             """,
             user_id,
@@ -153,21 +240,98 @@ class Ledger:
             limit + 1,
         )
         items = [
-            HistoryItem(
-                transaction_id=row["id"],
-                kind=row["kind"],
-                delta_available=row["available"],
-                delta_held=row["held"],
-                delta_owed=row["owed"],
-                reference=row["reference"],
-                reason=row["reason"],
-                actor=row["actor"],
-                created_at=row["created_at"],
+            JournalItem(
+                **_delta_fields(row),
+                available_after=int(row["available_after"]),
+                held_after=int(row["held_after"]),
+                owed_after=int(row["owed_after"]),
             )
             for row in rows[:limit]
         ]
-        next_cursor = encode_id_cursor(HISTORY_CURSOR, items[-1].transaction_id) if len(rows) > limit else None
+        next_cursor = encode_id_cursor(JOURNAL_CURSOR, items[-1].transaction_id) if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
+
+    async def lots(self, user_id: str, *, now: datetime) -> tuple[list[LotItem], bool]:
+        """The user's lots with moments left, in the order holds spend them (`spending_order_key`), lots
+        past their expiry last; and whether there were more than LOTS_READ_MAX to order."""
+        rows = await self.pool.fetch(
+            "SELECT id, category, amount, remaining, expires_at, created_at, source_transaction_id "
+            "FROM ledger_lots WHERE user_id = $1 AND remaining > 0 ORDER BY id LIMIT $2",
+            user_id,
+            LOTS_READ_MAX + 1,
+        )
+        by_id = {row["id"]: row for row in rows[:LOTS_READ_MAX]}
+        lots = [
+            Lot(
+                id=row["id"],
+                category=row["category"],
+                amount=row["amount"],
+                remaining=row["remaining"],
+                expires_at=row["expires_at"],
+            )
+            for row in by_id.values()
+        ]
+        lots.sort(key=lambda lot: (lot.is_expired(now), spending_order_key(lot)))
+        items = [
+            LotItem(
+                lot_id=lot.id,
+                category=lot.category,
+                amount=lot.amount,
+                remaining=lot.remaining,
+                expires_at=lot.expires_at,
+                created_at=by_id[lot.id]["created_at"],
+                source_transaction_id=by_id[lot.id]["source_transaction_id"],
+                past_expiry=lot.is_expired(now),
+            )
+            for lot in lots
+        ]
+        return items, len(rows) > LOTS_READ_MAX
+
+    async def hold_shares(self, hold_ids: Sequence[int]) -> dict[int, list[ShareItem]]:
+        """Each hold's shares in draw order: which lots it drew from and what went back to each."""
+        rows = await self.pool.fetch(
+            """
+            SELECT h.id AS hold_id, s.lot_id, s.drawn, s.returned, s.refunded, l.category, l.expires_at
+            FROM ledger_holds h
+            CROSS JOIN LATERAL unnest(h.share_lot_ids, h.share_drawn, h.share_returned, h.share_refunded)
+                WITH ORDINALITY AS s (lot_id, drawn, returned, refunded, position)
+            LEFT JOIN ledger_lots l ON l.id = s.lot_id
+            WHERE h.id = ANY($1::bigint[])
+            ORDER BY h.id, s.position
+            """,
+            list(hold_ids),
+        )
+        shares: dict[int, list[ShareItem]] = {hold_id: [] for hold_id in hold_ids}
+        for row in rows:
+            shares[row["hold_id"]].append(
+                ShareItem(
+                    lot_id=row["lot_id"],
+                    category=row["category"],
+                    lot_expires_at=row["expires_at"],
+                    drawn=row["drawn"],
+                    returned=row["returned"],
+                    refunded=row["refunded"],
+                )
+            )
+        return shares
+
+    async def has_user(self, user_id: str) -> bool:
+        return bool(await self.pool.fetchval("SELECT true FROM ledger_balances WHERE user_id = $1", user_id))
+
+    async def users_of(self, text: str) -> list[tuple[str, int, str]]:
+        """The users of the transactions whose idempotency key or reference is `text`:
+        (user id, transaction id, what matched), at most USERS_FOUND_MAX."""
+        rows = await self.pool.fetch(
+            """
+            (SELECT user_id, id, 'idempotency key' AS matched FROM ledger_transactions WHERE idempotency_key = $1)
+            UNION ALL
+            (SELECT user_id, id, 'reference' FROM ledger_transactions WHERE reference = $1 ORDER BY id LIMIT $2)
+            LIMIT $2
+            """,
+            text,
+            USERS_FOUND_MAX,
+        )
+        return [(row["user_id"], row["id"], row["matched"]) for row in rows]
 
     async def transactions(
         self,

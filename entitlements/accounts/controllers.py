@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, JSONBody
 
 import ledger
 from entitlements.accounts import service
 from entitlements.accounts.schemas import GrantCreate, GrantOut, HistoryPage, TransactionsPage
+from entitlements.approvals import ApprovalPending
 from entitlements.http import (
     AppSettings,
     AuditChecks,
@@ -19,6 +21,7 @@ from entitlements.http import (
     TheCaller,
     TimeWindow,
     UserIdPath,
+    answer_response,
 )
 
 
@@ -28,27 +31,28 @@ class AccountsController(Controller):
     @post(
         "/v1/users/{user_id:str}/grants",
         operation_id="createGrant",
-        summary="Grant goodwill moments (support: capped per grant)",
+        summary="Grant goodwill moments (support: promotional, capped per grant and per day, large ones approved)",
+        description="Support may grant promotional moments only, at most SUPPORT_GRANT_MOMENTS_MAX at once and "
+        "SUPPORT_GRANT_DAILY_MOMENTS_MAX per person per UTC day; a support grant above APPROVAL_THRESHOLD_MOMENTS "
+        "answers 202 and takes effect once a second person approves it (`/v1/approvals`).",
         opt={"roles": ("support",), "idempotent": True},
         status_code=201,
+        responses={202: ResponseSpec(ApprovalPending, description="Waits for a second person's approval")},
     )
     async def create_grant(
         self,
+        pool: Pool,
         ledger_service: LedgerService,
         caller: TheCaller,
         settings: AppSettings,
         idempotency_key: IdempotencyKey,
         user_id: UserIdPath,
         data: JSONBody[GrantCreate],
-    ) -> GrantOut:
-        return await service.grant(
-            ledger_service,
-            caller,
-            user_id,
-            data,
-            key=idempotency_key,
-            support_grant_moments_max=settings.api.support_grant_moments_max,
+    ) -> Response[GrantOut]:
+        answer = await service.grant(
+            pool, ledger_service, caller, user_id, data, key=idempotency_key, limits=settings.api
         )
+        return answer_response(answer.granted, answer.pending, 201)
 
     @get(
         "/v1/users/{user_id:str}/ledger",

@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 import ledger
+from entitlements.approvals import ApprovalPending
 from entitlements.schemas import Balance, Reason, Struct
 
 
@@ -21,6 +22,15 @@ class GrantCreate(Struct, frozen=True):
 class GrantOut(Struct, frozen=True):
     transaction_id: int
     balance: Balance
+
+
+class GrantAnswer(Struct, frozen=True):
+    """What a grant request answered (stored for its Idempotency-Key): granted now, or waiting for a
+    second person. `user_id` lets the console find the user by the key."""
+
+    user_id: str
+    granted: GrantOut | None = None
+    pending: ApprovalPending | None = None
 
 
 class HistoryPage(Struct, frozen=True):

@@ -188,3 +188,23 @@ WHERE t.kind = ANY($1::text[])
   AND NOT EXISTS (SELECT 1 FROM stripe_events e WHERE e.id = t.reference)
 ORDER BY t.id
 """
+
+# Lookups (the console's search and journal) -------------------------------------------------------------
+
+# The users a Stripe id belongs to: a customer, a Checkout session, a payment intent, a charge or a dispute
+# (each by its unique or primary key).
+USERS_OF_STRIPE_ID = """
+(SELECT user_id, 'Stripe customer' AS matched FROM stripe_customers WHERE customer_id = $1)
+UNION ALL
+(SELECT user_id, 'Stripe Checkout session' FROM stripe_purchases WHERE checkout_session_id = $1)
+UNION ALL
+(SELECT user_id, 'Stripe payment intent' FROM stripe_purchases WHERE payment_intent_id = $1)
+UNION ALL
+(SELECT user_id, 'Stripe charge' FROM stripe_purchases WHERE charge_id = $1)
+UNION ALL
+(SELECT p.user_id, 'Stripe dispute' FROM stripe_disputes d
+ JOIN stripe_purchases p ON p.checkout_session_id = d.checkout_session_id WHERE d.dispute_id = $1)
+LIMIT $2
+"""
+
+EVENTS_BY_ID = "SELECT id, type, created, outcome FROM stripe_events WHERE id = ANY($1::text[])"

@@ -89,3 +89,12 @@ class ReconciliationOut(Struct, frozen=True):
     transactions_without_event: list[ReconciledTransaction]
     totals: ReconciliationTotals
     mismatches: list[Mismatch]
+
+
+class EventSummary(Struct, frozen=True):
+    """A stored Stripe event, as the console shows it beside the ledger transaction it made."""
+
+    id: str
+    type: str
+    created: datetime
+    outcome: str | None

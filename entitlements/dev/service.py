@@ -146,6 +146,7 @@ def run_dev(*, api_port: int, worker_port: int, serve: Callable[[str, int, int],
         print(
             "\nMoments is starting:\n"
             f"  API:      {api}\n"
+            f"  console:  {api}/console   (sign in with the admin key below, or a support/finance key)\n"
             f"  OpenAPI:  {api}/schema/swagger\n"
             f"  worker:   {os.environ['GENERATION_WORKER_URL']}\n"
             f"  database: {url}   (kept in {DATABASE_URL_FILE}; `moments audit` and `moments keys` use it)\n"

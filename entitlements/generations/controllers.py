@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import File
 
-from entitlements.errors import Unavailable
+from entitlements.approvals import ApprovalPending
 from entitlements.generations import service
 from entitlements.generations.dispatcher import Dispatcher
 from entitlements.generations.schemas import (
@@ -31,6 +31,7 @@ from entitlements.http import (
     PriceTable,
     TheCaller,
     UserIdPath,
+    answer_response,
 )
 from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN
 
@@ -111,9 +112,7 @@ class GenerationsController(Controller):
         media_type="video/mp4",
     )
     async def get_generation_video(self, pool: Pool, generation_id: FromPath[str]) -> File:
-        path = await service.video_path(pool, generation_id)
-        if not await asyncio.to_thread(path.is_file):
-            raise Unavailable("the video file is not reachable from this server")
+        path = await service.video_file(pool, generation_id)
         return File(
             path=path, media_type="video/mp4", filename=f"{generation_id}.mp4", content_disposition_type="inline"
         )
@@ -121,24 +120,30 @@ class GenerationsController(Controller):
     @post(
         "/v1/generations/{generation_id:str}/refund",
         operation_id="refundGeneration",
-        summary="Refund a delivered generation, whole or in part",
+        summary="Refund a delivered generation, whole or in part (support: large ones approved)",
+        description="A support refund above APPROVAL_THRESHOLD_MOMENTS answers 202 and takes effect once a second "
+        "person approves it (`/v1/approvals`).",
         opt={"roles": ("support",), "idempotent": True},
         status_code=201,
+        responses={202: ResponseSpec(ApprovalPending, description="Waits for a second person's approval")},
     )
     async def refund_generation(
         self,
         pool: Pool,
         ledger_service: LedgerService,
+        settings: AppSettings,
         caller: TheCaller,
         idempotency_key: IdempotencyKey,
         generation_id: FromPath[str],
         data: JSONBody[RefundCreate],
-    ) -> RefundOut:
-        return await service.refund(
+    ) -> Response[RefundOut]:
+        answer = await service.refund(
             pool=pool,
             ledger_service=ledger_service,
             caller=caller,
             generation_id=generation_id,
             body=data,
             key=idempotency_key,
+            limits=settings.api,
         )
+        return answer_response(answer.refunded, answer.pending, 201)

@@ -23,6 +23,17 @@ ORDER BY g.created_at DESC, g.id DESC
 LIMIT $5
 """
 
+# A user's generations that still hold moments: the user's newest-first index, filtered (there are few).
+OPEN_HOLDS_OF_USER = f"""
+SELECT {GENERATION_COLUMNS} {GENERATION_FROM}
+WHERE g.user_id = $1 AND g.status IN ('queued', 'running') AND h.status = 'open'
+ORDER BY g.created_at DESC, g.id DESC
+LIMIT $2
+"""
+
+USER_OF_GENERATION = "SELECT user_id FROM generations WHERE id = $1"
+HOLD_IDS = "SELECT id, hold_id FROM generations WHERE id = ANY($1::uuid[])"
+
 INSERT_GENERATION = """
 INSERT INTO generations (id, user_id, image_id, prompt, mode, resolution, duration_s, audio, moments,
                          price_version, status, hold_id, created_at, updated_at)

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 import ledger
+from entitlements.approvals import ApprovalPending
 from entitlements.quotes import DurationS, ModeName, ResolutionName
 from entitlements.schemas import (
     IMAGE_ID_CHARS_MAX,
@@ -64,6 +65,26 @@ class RefundOut(Struct, frozen=True):
     transaction_id: int
     refunded: int
     generation: GenerationOut
+
+
+class RefundAnswer(Struct, frozen=True):
+    """What a refund request answered (stored for its Idempotency-Key): refunded now, or waiting for a
+    second person. `user_id` lets the console find the user by the key."""
+
+    user_id: str
+    refunded: RefundOut | None = None
+    pending: ApprovalPending | None = None
+
+
+class OpenHold(Struct, frozen=True):
+    """Moments reserved for a generation still queued or running."""
+
+    generation_id: str
+    hold_id: int
+    status: str
+    moments: int
+    created_at: datetime
+    expires_at: datetime
 
 
 class GenerationsPage(Struct, frozen=True):

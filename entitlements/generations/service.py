@@ -7,6 +7,7 @@ serialises the dispatcher, the sweeper and support, so each generation settles e
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,17 +17,22 @@ import structlog
 
 import ledger
 import pricing
-from entitlements import idempotency, quotes
-from entitlements.errors import NotFound, NotRefundable, VideoUnavailable
+from entitlements import approvals, idempotency, quotes
+from entitlements.approvals import ApprovalOut
+from entitlements.errors import NotFound, NotRefundable, Unavailable, VideoUnavailable
 from entitlements.generations import batch, queries
 from entitlements.generations.schemas import (
     GenerationCreate,
     GenerationOut,
     GenerationsPage,
+    OpenHold,
+    RefundAnswer,
     RefundCreate,
     RefundOut,
 )
 from entitlements.keys import Caller
+from entitlements.schemas import Preview
+from entitlements.settings import ApiSettings
 
 log = structlog.get_logger("moments.generations")
 SETTLER = "system:dispatcher"
@@ -36,6 +42,7 @@ ERROR_CHARS_MAX = 1000
 VOID_REASON_CHARS_MAX = 500
 WITH_VIDEO = frozenset({"succeeded", "refunded"})
 UNSETTLED = frozenset({"queued", "running"})
+OPEN_HOLDS_MAX = 200
 
 
 def held(row: asyncpg.Record) -> int:
@@ -97,6 +104,15 @@ async def video_path(pool: asyncpg.Pool, generation_id: str) -> Path:
     if row["status"] not in WITH_VIDEO or row["video_path"] is None:
         raise VideoUnavailable(f"generation {generation_id} has no video (status {row['status']})")
     return Path(row["video_path"])
+
+
+async def video_file(pool: asyncpg.Pool, generation_id: str) -> Path:
+    """The file of a delivered video, checked to be on this server (`Unavailable` if it is not: several
+    hosts without a shared VIDEO_DIR)."""
+    path = await video_path(pool, generation_id)
+    if not await asyncio.to_thread(path.is_file):
+        raise Unavailable("the video file is not reachable from this server")
+    return path
 
 
 def hold_reason(quote: pricing.Quote) -> str:
@@ -267,49 +283,165 @@ async def refund(
     generation_id: str,
     body: RefundCreate,
     key: str,
-) -> RefundOut:
+    limits: ApiSettings,
+) -> RefundAnswer:
+    """Refunds a delivered generation now, or (support, above the threshold) files it for approval."""
     parsed_id = parse_generation_id(generation_id)
-    fingerprint = idempotency.request_hash("refund_generation", str(parsed_id), body)
-
-    async def refund_in(connection: ledger.Connection) -> RefundOut:
-        row = await fetch(connection, parsed_id, lock=True)
-        if row["status"] != "succeeded":
-            raise NotRefundable(f"generation {parsed_id} is {row['status']}; only a succeeded one can be refunded")
-        remaining = charged(row)
-        amount = remaining if body.moments is None else body.moments
-        if amount > remaining:
-            raise NotRefundable(f"{amount} moments exceed the {remaining} still charged for this generation")
-        (outcome,) = await ledger_service.execute_in(
-            connection,
-            [
-                ledger.Refund(
-                    key=f"generation:{parsed_id}:refund:{caller.key_id}:{key}",
-                    user_id=row["user_id"],
-                    actor=caller.actor,
-                    reason=body.reason,
-                    reference=f"generation:{parsed_id}",
-                    hold_id=row["hold_id"],
-                    amount=amount,
-                )
-            ],
-        )
-        if isinstance(outcome, ledger.LedgerRuleError):
-            raise outcome
-        assert outcome.transaction_id is not None
-        await connection.execute(queries.MARK_REFUNDED if amount == remaining else queries.TOUCH, parsed_id)
-        after = await fetch(connection, parsed_id)
-        response = RefundOut(transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after))
-        return response
-
     return await idempotency.once(
         pool,
         caller_key_id=caller.key_id,
         key=key,
         operation="refund_generation",
-        fingerprint=fingerprint,
-        answer=RefundOut,
-        work=refund_in,
+        fingerprint=idempotency.request_hash("refund_generation", str(parsed_id), body),
+        answer=RefundAnswer,
+        work=lambda connection: _refund_in(connection, ledger_service, caller, parsed_id, body, key=key, limits=limits),
     )
+
+
+async def preview_refund(
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    caller: Caller,
+    generation_id: str,
+    body: RefundCreate,
+    *,
+    limits: ApiSettings,
+) -> Preview:
+    """The refund tried with the same code and rolled back: the user's balances before and after (after
+    approval, if it would wait for one). Raises what the refund would be refused with."""
+    parsed_id = parse_generation_id(generation_id)
+
+    async def attempt(connection: ledger.Connection) -> Preview:
+        user_id = (await fetch(connection, parsed_id))["user_id"]
+        before = await ledger_service.balances(user_id, connection=connection)
+        key = f"preview:{uuid.uuid4()}"
+        answer = await _refund_in(connection, ledger_service, caller, parsed_id, body, key=key, limits=limits)
+        if answer.pending is not None:
+            row = await fetch(connection, parsed_id, lock=True)
+            amount = charged(row) if body.moments is None else body.moments
+            await _apply_refund(connection, ledger_service, row, amount, caller.actor, body.reason, f"{key}:approved")
+        after = await ledger_service.balances(user_id, connection=connection)
+        return Preview(before=before, after=after, pending_approval=answer.pending is not None)
+
+    return await idempotency.dry_run(pool, attempt)
+
+
+def _refundable_amount(row: asyncpg.Record, moments: int | None) -> int:
+    if row["status"] != "succeeded":
+        raise NotRefundable(f"generation {row['id']} is {row['status']}; only a succeeded one can be refunded")
+    remaining = charged(row)
+    amount = remaining if moments is None else moments
+    if amount > remaining:
+        raise NotRefundable(f"{amount} moments exceed the {remaining} still charged for this generation")
+    return amount
+
+
+async def _refund_in(
+    connection: ledger.Connection,
+    ledger_service: ledger.Ledger,
+    caller: Caller,
+    generation_id: uuid.UUID,
+    body: RefundCreate,
+    *,
+    key: str,
+    limits: ApiSettings,
+) -> RefundAnswer:
+    row = await fetch(connection, generation_id, lock=True)
+    amount = _refundable_amount(row, body.moments)
+    if approvals.needs_approval(caller, amount, limits.approval_threshold_moments):
+        pending = await approvals.request_in(
+            connection,
+            kind="refund",
+            caller=caller,
+            user_id=row["user_id"],
+            moments=amount,
+            reason=body.reason,
+            ttl_s=limits.approval_ttl_s,
+            generation_id=generation_id,
+        )
+        return RefundAnswer(user_id=row["user_id"], pending=pending)
+    ledger_key = f"generation:{generation_id}:refund:{caller.key_id}:{key}"
+    refunded = await _apply_refund(connection, ledger_service, row, amount, caller.actor, body.reason, ledger_key)
+    return RefundAnswer(user_id=row["user_id"], refunded=refunded)
+
+
+async def _apply_refund(
+    connection: ledger.Connection,
+    ledger_service: ledger.Ledger,
+    row: asyncpg.Record,
+    amount: int,
+    actor: str,
+    reason: str,
+    ledger_key: str,
+) -> RefundOut:
+    """Under the generation's row lock: the ledger's refund and the generation's new state."""
+    generation_id = row["id"]
+    (outcome,) = await ledger_service.execute_in(
+        connection,
+        [
+            ledger.Refund(
+                key=ledger_key,
+                user_id=row["user_id"],
+                actor=actor,
+                reason=reason,
+                reference=f"generation:{generation_id}",
+                hold_id=row["hold_id"],
+                amount=amount,
+            )
+        ],
+    )
+    if isinstance(outcome, ledger.LedgerRuleError):
+        raise outcome
+    assert outcome.transaction_id is not None
+    await connection.execute(queries.MARK_REFUNDED if amount == charged(row) else queries.TOUCH, generation_id)
+    after = await fetch(connection, generation_id)
+    return RefundOut(transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after))
+
+
+async def refund_approved(connection: ledger.Connection, ledger_service: ledger.Ledger, approval: ApprovalOut) -> int:
+    """The approved refund, as the requester's (the approval names who approved it). Refused as any refund
+    is if the generation no longer has that much charged (another refund came first)."""
+    assert approval.kind == "refund"
+    assert approval.generation_id is not None
+    row = await fetch(connection, uuid.UUID(approval.generation_id), lock=True)
+    amount = _refundable_amount(row, approval.moments)
+    ledger_key = f"generation:{approval.generation_id}:refund:approval:{approval.id}"
+    refunded = await _apply_refund(
+        connection, ledger_service, row, amount, approval.requested_by, approval.reason, ledger_key
+    )
+    return refunded.transaction_id
+
+
+async def open_holds(pool: asyncpg.Pool, user_id: str) -> list[OpenHold]:
+    """The user's generations still holding moments (queued or running), newest first."""
+    rows = await pool.fetch(queries.OPEN_HOLDS_OF_USER, user_id, OPEN_HOLDS_MAX)
+    return [
+        OpenHold(
+            generation_id=str(row["id"]),
+            hold_id=row["hold_id"],
+            status=row["status"],
+            moments=row["hold_amount"],
+            created_at=row["created_at"],
+            expires_at=row["hold_expires_at"],
+        )
+        for row in rows
+    ]
+
+
+async def hold_ids(pool: asyncpg.Pool, generation_ids: list[str]) -> dict[str, int]:
+    """Each generation's hold (what it drew from which lots is the hold's), by generation id."""
+    rows = await pool.fetch(queries.HOLD_IDS, [uuid.UUID(generation_id) for generation_id in generation_ids])
+    return {str(row["id"]): row["hold_id"] for row in rows}
+
+
+async def user_of(pool: asyncpg.Pool, generation_id: str) -> str | None:
+    """The user of a generation, or None (also for a text that is no generation id)."""
+    try:
+        parsed = uuid.UUID(generation_id)
+    except ValueError:
+        return None
+    user_id: str | None = await pool.fetchval(queries.USER_OF_GENERATION, parsed)
+    return user_id
 
 
 AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (

@@ -1,8 +1,16 @@
 """The HTTP layer: the only code that knows status codes. Problem+json, auth, strict bodies, shared
 parameters, request logs and metrics, health."""
 
-from entitlements.http.auth import OPENAPI_PATH_PREFIX, allowed_roles, role_guard
-from entitlements.http.body import STRICT_BODY
+from entitlements.http.auth import (
+    OPENAPI_PATH_PREFIX,
+    SESSION_COOKIE,
+    allowed_roles,
+    may,
+    mirrored_roles,
+    operation_roles,
+    role_guard,
+)
+from entitlements.http.body import STRICT_BODY, decode_strictly
 from entitlements.http.deps import (
     AppSettings,
     AuditChecks,
@@ -26,11 +34,13 @@ from entitlements.http.params import (
     provide_window,
 )
 from entitlements.http.problems import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, STATUS_BY_CODE
+from entitlements.http.responses import answer_response
 
 __all__ = [
     "EXCEPTION_HANDLERS",
     "OPENAPI_PATH_PREFIX",
     "PROBLEM_MEDIA_TYPE",
+    "SESSION_COOKIE",
     "STATUS_BY_CODE",
     "STRICT_BODY",
     "AppSettings",
@@ -48,6 +58,11 @@ __all__ = [
     "UserIdPath",
     "Window",
     "allowed_roles",
+    "answer_response",
+    "decode_strictly",
+    "may",
+    "mirrored_roles",
+    "operation_roles",
     "provide_caller",
     "provide_idempotency_key",
     "provide_limit",

@@ -61,6 +61,8 @@ RAISES: dict[str, tuple[str, ...]] = {
     "stripeWebhook": ("invalid_signature", "payload_too_large", "stripe_not_configured", "unavailable"),
     "revokeKey": ("not_found",),
     "rotateKey": ("not_found", "conflict"),
+    "approveApproval": ("not_found", "conflict", "not_refundable", "unavailable"),
+    "rejectApproval": ("not_found", "conflict"),
 }
 # What an idempotent (money-changing) operation may answer because it is idempotent and writes the ledger.
 IDEMPOTENT_CODES = ("idempotency_key_required", "idempotency_key_reused", "unavailable")

@@ -21,3 +21,11 @@ SELECT a.caller_key_id, a.idempotency_key, a.operation, a.request_hash, a.respon
 FROM unnest($1::bigint[], $2::text[]) AS wanted(caller_key_id, idempotency_key)
 JOIN api_idempotency a USING (caller_key_id, idempotency_key)
 """
+
+# The users of the stored answers under an Idempotency-Key, whoever the caller (answers name their user in
+# `user_id`). The key is the primary key's second column: PostgreSQL skips through the first.
+USERS_OF_KEY = """
+SELECT DISTINCT response_body ->> 'user_id' AS user_id, operation FROM api_idempotency
+WHERE idempotency_key = $1 AND response_body ? 'user_id'
+LIMIT $2
+"""

@@ -78,3 +78,24 @@ async def once(
         response = await work(connection)
         await store(connection, caller_key_id=caller_key_id, key=key, answer=response)
     return response
+
+
+USERS_OF_KEY_MAX = 20
+
+
+async def users_of_key(pool: asyncpg.Pool, key: str) -> list[tuple[str, str]]:
+    """(user id, operation) of every stored answer under this Idempotency-Key, at most USERS_OF_KEY_MAX."""
+    rows = await pool.fetch(queries.USERS_OF_KEY, key, USERS_OF_KEY_MAX)
+    return [(row["user_id"], row["operation"]) for row in rows]
+
+
+async def dry_run(pool: asyncpg.Pool, work: Callable[[ledger.Connection], Awaitable[T]]) -> T:
+    """`work` in a transaction that is always rolled back: what it would do, with the same code and the
+    same locks and checks, and nothing kept (ids it drew from sequences are skipped, as gaps are fine)."""
+    async with pool.acquire() as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            return await work(connection)
+        finally:
+            await transaction.rollback()

@@ -1,5 +1,19 @@
 """Subscription tiers and the video gate."""
 
-from entitlements.tiers.service import set_manual_tier, tier_of, video_refusal
+from entitlements.tiers.schemas import SubscriptionView
+from entitlements.tiers.service import (
+    entitlements,
+    set_manual_tier,
+    subscription_of,
+    tier_of,
+    video_refusal,
+)
 
-__all__ = ["set_manual_tier", "tier_of", "video_refusal"]
+__all__ = [
+    "SubscriptionView",
+    "entitlements",
+    "set_manual_tier",
+    "subscription_of",
+    "tier_of",
+    "video_refusal",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import pricing
@@ -29,3 +30,14 @@ class EntitlementsOut(Struct, frozen=True):
     balance: Balance
     owed: int
     video: VideoEntitlement
+
+
+class SubscriptionView(Struct, frozen=True):
+    """A user's tier now and the subscription behind it (the console's)."""
+
+    tier: pricing.TierName
+    # manual (an admin's), stripe, or none (no row: FREE).
+    source: Literal["manual", "stripe", "none"]
+    stripe_status: str | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool

@@ -15,7 +15,7 @@ import pricing
 from entitlements.quotes import cheapest_moments
 from entitlements.schemas import Balance
 from entitlements.tiers import queries
-from entitlements.tiers.schemas import EntitlementsOut, SubscriptionOut, VideoEntitlement
+from entitlements.tiers.schemas import EntitlementsOut, SubscriptionOut, SubscriptionView, VideoEntitlement
 
 Refusal = Literal["tier_required", "in_debt", "insufficient_moments"]
 
@@ -23,6 +23,22 @@ Refusal = Literal["tier_required", "in_debt", "insufficient_moments"]
 async def tier_of(connection: ledger.Connection | asyncpg.Pool, user_id: str) -> pricing.TierName:
     tier = await connection.fetchval(queries.TIER_OF, user_id, pricing.FREE_TIER)
     return tier if tier in pricing.TIER_NAMES else pricing.FREE_TIER
+
+
+async def subscription_of(pool: asyncpg.Pool, user_id: str) -> SubscriptionView:
+    row = await pool.fetchrow(queries.SUBSCRIPTION_OF, user_id)
+    tier = await tier_of(pool, user_id)
+    if row is None:
+        return SubscriptionView(
+            tier=tier, source="none", stripe_status=None, current_period_end=None, cancel_at_period_end=False
+        )
+    return SubscriptionView(
+        tier=tier,
+        source=row["source"],
+        stripe_status=row["stripe_status"],
+        current_period_end=row["current_period_end"],
+        cancel_at_period_end=row["cancel_at_period_end"],
+    )
 
 
 async def set_manual_tier(pool: asyncpg.Pool, user_id: str, tier: pricing.TierName) -> SubscriptionOut:

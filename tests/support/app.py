@@ -8,10 +8,20 @@ from typing import Any
 from entitlements.settings import Settings
 
 
-def settings_for(database_url: str, **generation: Any) -> Settings:
+def settings_for(
+    database_url: str,
+    *,
+    api_settings: dict[str, Any] | None = None,
+    console_settings: dict[str, Any] | None = None,
+    **generation: Any,
+) -> Settings:
+    """The environment's settings against this database, without a dispatcher unless asked; `api_settings`
+    and `console_settings` replace fields of those concerns (limits, session expiry)."""
     base = Settings.from_env()
     return dataclasses.replace(
         base,
         database=dataclasses.replace(base.database, url=database_url, pool_size_max=20),
         generation=dataclasses.replace(base.generation, **({"dispatcher_enabled": False} | generation)),
+        api=dataclasses.replace(base.api, **(api_settings or {})),
+        console=dataclasses.replace(base.console, **(console_settings or {})),
     )

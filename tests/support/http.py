@@ -36,11 +36,24 @@ class Api:
 
 
 @asynccontextmanager
-async def api_for(database_url: str, **generation: Any) -> AsyncIterator[Api]:
-    app = create_app(settings_for(database_url, **generation))
+async def api_for(
+    database_url: str,
+    *,
+    api_settings: dict[str, Any] | None = None,
+    console_settings: dict[str, Any] | None = None,
+    extra_keys: dict[str, tuple[str, str]] | None = None,
+    **generation: Any,
+) -> AsyncIterator[Api]:
+    """The app in process with a key per role (named `test-{role}`), plus `extra_keys` ({who: (role, name)}:
+    more people, such as a second support person)."""
+    app = create_app(
+        settings_for(database_url, api_settings=api_settings, console_settings=console_settings, **generation)
+    )
     connection = await asyncpg.connect(database_url)
     try:
         keys = {role: (await create_key(connection, role=role, name=f"test-{role}")).key for role in ROLES}
+        for who, (role, name) in (extra_keys or {}).items():
+            keys[who] = (await create_key(connection, role=role, name=name)).key
     finally:
         await connection.close()
     async with AsyncTestClient(app=app) as client:

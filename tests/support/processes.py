@@ -52,7 +52,17 @@ _SETTING_NAMES = frozenset(
         "SUPPORT_GRANT_MOMENTS_MAX",
     }
 )
-_SETTING_PREFIXES = ("WORKER_", "DISPATCHER_", "RETRY_BACKOFF_", "DB_", "LEDGER_", "STRIPE_")
+_SETTING_PREFIXES = (
+    "WORKER_",
+    "DISPATCHER_",
+    "RETRY_BACKOFF_",
+    "DB_",
+    "LEDGER_",
+    "STRIPE_",
+    "CONSOLE_",
+    "APPROVAL_",
+    "SUPPORT_GRANT_",
+)
 
 
 def clean_environment(overrides: Mapping[str, str]) -> dict[str, str]:

@@ -52,7 +52,14 @@ def test_defaults() -> None:
     assert settings.api.page_size_max == 200
     assert settings.api.request_body_bytes_max == 64 * 1024
     assert settings.api.support_grant_moments_max == 5_000
+    assert settings.api.support_grant_daily_moments_max == 10_000
+    assert settings.api.approval_threshold_moments == 2_000
+    assert settings.api.approval_ttl_s == 7 * 86_400
     assert settings.api.log_format == "auto"
+
+    assert settings.console.session_idle_s == 1800
+    assert settings.console.session_absolute_s == 12 * 3600
+    assert settings.console.cookie_secure == "auto"
 
     generation = settings.generation
     assert generation.worker_urls == ()
@@ -161,6 +168,11 @@ def test_a_bad_log_format_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
         ("PAGE_SIZE_MAX", 1, 1000),
         ("REQUEST_BODY_BYTES_MAX", 1024, 10 << 20),
         ("SUPPORT_GRANT_MOMENTS_MAX", 0, 10_000_000),
+        ("SUPPORT_GRANT_DAILY_MOMENTS_MAX", 0, 100_000_000),
+        ("APPROVAL_THRESHOLD_MOMENTS", 0, 10_000_000),
+        ("APPROVAL_TTL_S", 60, 90 * 86_400),
+        ("CONSOLE_SESSION_IDLE_S", 60, 86_400),
+        ("CONSOLE_SESSION_ABSOLUTE_S", 300, 30 * 86_400),
     ],
 )
 def test_limits_are_accepted_at_their_bounds_and_refused_past_them(
@@ -172,6 +184,24 @@ def test_limits_are_accepted_at_their_bounds_and_refused_past_them(
     for refused in (lowest - 1, highest + 1):
         monkeypatch.setenv(name, str(refused))
         with pytest.raises(SettingsError, match=rf"{name} must be between {lowest} and {highest}, got {refused}"):
+            Settings.from_env()
+
+
+def test_a_console_session_never_idles_longer_than_it_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSOLE_SESSION_IDLE_S", "3600")
+    monkeypatch.setenv("CONSOLE_SESSION_ABSOLUTE_S", "3600")
+    assert Settings.from_env().console.session_idle_s == 3600
+    monkeypatch.setenv("CONSOLE_SESSION_ABSOLUTE_S", "600")
+    assert Settings.from_env().console.session_idle_s == 600
+
+
+@pytest.mark.parametrize(("raw", "accepted"), [("auto", True), ("always", True), ("never", False), ("yes", False)])
+def test_the_console_cookie_setting(monkeypatch: pytest.MonkeyPatch, raw: str, accepted: bool) -> None:
+    monkeypatch.setenv("CONSOLE_COOKIE_SECURE", raw)
+    if accepted:
+        assert Settings.from_env().console.cookie_secure == raw
+    else:
+        with pytest.raises(SettingsError, match="CONSOLE_COOKIE_SECURE"):
             Settings.from_env()
 
 

@@ -57,6 +57,9 @@ API_MD_ROLES: dict[str, frozenset[str] | str] = {
     "POST /v1/keys": frozenset({"admin"}),
     "POST /v1/keys/{id}/revoke": frozenset({"admin"}),
     "POST /v1/keys/{id}/rotate": frozenset({"admin"}),
+    "GET /v1/approvals": frozenset({"support", "admin"}),
+    "POST /v1/approvals/{id}/approve": frozenset({"support", "admin"}),
+    "POST /v1/approvals/{id}/reject": frozenset({"support", "admin"}),
 }
 # Endpoints that exist today; the contract table must match at least these.
 ENDPOINTS_PRESENT_NOW = {"GET /v1/pricing", "POST /v1/quotes"}
@@ -725,9 +728,16 @@ def _is_forbidden(response: Any) -> bool:
 
 
 def undeclared_handlers(app: Litestar) -> list[str]:
+    operations = {handler.operation_id for _, _, handler in our_handlers(app) if not handler.opt.get("session")}
     offenders = []
     for route, method, handler in our_handlers(app):
         roles = handler.opt.get("roles")
+        if handler.opt.get("session") and not handler.opt.get("public"):
+            # A console page takes the roles of the API operations it mirrors (tests/…/console/ checks them).
+            mirrors = handler.opt.get("mirrors")
+            if not mirrors or set(mirrors) - operations:
+                offenders.append(f"{method} {route.path}: mirrors no API operation, or an unknown one: {mirrors}")
+            continue
         if handler.opt.get("public"):
             if roles:
                 offenders.append(f"{method} {route.path}: both public and roles={roles}")
@@ -782,7 +792,8 @@ async def test_role_matrix_generated_from_the_app(
     checked = 0
     for route, method, handler in our_handlers(app):
         allowed = allowed_roles(handler)
-        if allowed == PUBLIC:
+        if allowed == PUBLIC or handler.opt.get("session"):
+            # Console pages answer a session, not a bearer key: tests/integration/entitlements/console/.
             continue
         path = concrete_path(route)
         anonymous = await send(client, method, path, None)
