@@ -41,7 +41,7 @@ from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, 
 from entitlements.http.strict import before_request
 from entitlements.keys.controllers import KeysController
 from entitlements.quotes.controllers import QuotesController
-from entitlements.settings import GenerationSettings, Settings
+from entitlements.settings import GenerationSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
 from generation_client import WorkerClient
 from generation_client.logs import configure_logging
@@ -49,6 +49,8 @@ from generation_client.logs import configure_logging
 # Invariants beyond the ledger's own that `audit` also checks (the generations' settlement, and that
 # Stripe events and their ledger transactions match).
 EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
+# Gauges each domain reads from the database when /metrics is scraped.
+METRICS_READERS = (billing.refresh_metrics,)
 CONTROLLERS = (
     HealthController,
     QuotesController,
@@ -104,6 +106,7 @@ DEPENDENCIES = {
     "dispatcher": _state_value("dispatcher"),
     "stripe_gateway": _state_value("stripe"),
     "audit_checks": _state_value("extra_audit_checks"),
+    "metrics_readers": _state_value("metrics_readers"),
     "price_table": Provide(_provide_price_table, sync_to_thread=False),
     "caller": Provide(provide_caller, sync_to_thread=False),
     "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
@@ -169,6 +172,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 price_tables=price_tables,
                 catalog=catalog,
                 extra_audit_checks=EXTRA_AUDIT_CHECKS,
+                metrics_readers=METRICS_READERS,
                 dispatcher=None,
                 stripe=None,
             )
@@ -182,10 +186,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return app
 
 
-def sweeper_for(pool: asyncpg.Pool, ledger_service: ledger.Ledger, settings: GenerationSettings) -> generations.Sweeper:
+def sweeper_for(
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    settings: GenerationSettings,
+    stripe_settings: StripeSettings,
+    stripe_gateway: billing.StripeGateway | None = None,
+    catalog: pricing.Catalog | None = None,
+) -> generations.Sweeper:
     """The sweeper with every domain's periodic work: expired holds and lots, and Stripe events stored but
-    not applied (a failure, an unknown customer, a refund before its purchase)."""
-    also = {"stripe_events": partial(billing.reapply_pending_events, pool, ledger_service)}
+    not ended (a failure, an unknown customer, a refund before its purchase)."""
+    also = {
+        "stripe_events": partial(
+            billing.reapply_pending_events, pool, ledger_service, stripe_gateway, stripe_settings, catalog
+        )
+    }
     return generations.Sweeper(pool, ledger_service, settings, also)
 
 
@@ -198,7 +213,8 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
     if not generation.dispatcher_enabled:
         return []
     pool, ledger_service = app.state.pool, app.state.ledger
-    tasks = [asyncio.create_task(sweeper_for(pool, ledger_service, generation).run(), name="sweeper")]
+    sweeper = sweeper_for(pool, ledger_service, generation, settings.stripe, app.state.stripe, app.state.catalog)
+    tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
     if not generation.worker_urls:
         log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
         return tasks

@@ -58,7 +58,15 @@ RAISES: dict[str, tuple[str, ...]] = {
     "getGenerationVideo": ("not_found", "video_unavailable", "unavailable"),
     "refundGeneration": ("not_found", "not_refundable", "conflict"),
     "createCheckoutSession": ("tier_required", "stripe_error", "stripe_not_configured", "stripe_unavailable"),
-    "stripeWebhook": ("invalid_signature", "payload_too_large", "stripe_not_configured", "unavailable"),
+    "stripeWebhook": (
+        "invalid_signature",
+        "livemode_mismatch",
+        "payload_too_large",
+        "stripe_not_configured",
+        "unavailable",
+    ),
+    "getStripeEvent": ("not_found",),
+    "reapplyStripeEvent": ("not_found", "conflict"),
     "revokeKey": ("not_found",),
     "rotateKey": ("not_found", "conflict"),
 }
