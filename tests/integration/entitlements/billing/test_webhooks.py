@@ -13,22 +13,23 @@ import asyncpg
 import pytest
 
 import ledger
-from entitlements.app import sweeper_for
 from entitlements.billing import handlers
-from entitlements.settings import GenerationSettings
+from tests.support.billing import delivered, entitlements, event_row, sweep, transactions_of
 from tests.support.generations import assert_audit_ok
 from tests.support.http import Api
-from tests.support.stripe_fake import WEBHOOK_SECRET, deliver, link_customer, sign, stripe_api_for, stripe_settings_for
+from tests.support.stripe_fake import WEBHOOK_SECRET, deliver, link_customer, sign, stripe_api_for
 from tests.support.stripe_payloads import (
     CURRENT,
     LEGACY,
     charge_refunded_event,
     checkout_completed_event,
     dispute_event,
-    event as stripe_event,
     invoice_paid_event,
     now_s,
     subscription_event,
+)
+from tests.support.stripe_payloads import (
+    event as stripe_event,
 )
 
 
@@ -38,34 +39,10 @@ async def api(database_url: str) -> AsyncIterator[Api]:
         yield client
 
 
-async def delivered(api: Api, event: dict[str, Any], status: int = 200) -> dict[str, Any]:
-    response = await deliver(api, event)
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def entitlements(api: Api, user: str) -> dict[str, Any]:
-    response = await api.get(f"/v1/users/{user}/entitlements", "service")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def event_row(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record:
-    row = await pool.fetchrow("SELECT * FROM stripe_events WHERE id = $1", event_id)
-    assert row is not None
-    return row
-
-
 async def one(pool: asyncpg.Pool, query: str, *args: Any) -> asyncpg.Record:
     row = await pool.fetchrow(query, *args)
     assert row is not None, query
     return row
-
-
-async def transactions_of(pool: asyncpg.Pool, reference: str) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM ledger_transactions WHERE reference = $1 ORDER BY id", reference)
 
 
 async def buy_pack(api: Api, pool: asyncpg.Pool, user: str, **options: Any) -> dict[str, Any]:
@@ -407,7 +384,7 @@ async def test_an_allowance_expires_at_period_end_with_the_spent_part_kept(
     await pool.execute(
         "UPDATE ledger_lots SET expires_at = now() - interval '1 second' WHERE category = 'subscription'"
     )
-    assert (await sweep(pool))["lot_users"] == 1
+    assert (await sweep(api, pool))["lot_users"] == 1
     assert (await entitlements(api, "u1"))["balance"]["available"] == 1000
     expired = await pool.fetchval(
         "SELECT sum(p.amount) FROM ledger_postings p JOIN ledger_accounts a ON a.id = p.account_id "
@@ -565,13 +542,6 @@ async def test_dispute_closed_before_created_is_handled(api: Api, pool: asyncpg.
 # --- waiting, failures, retries -------------------------------------------------------------------------------
 
 
-async def sweep(pool: asyncpg.Pool) -> dict[str, int]:
-    """One sweeper pass, with the events' retry time brought forward (their backoff is seconds long)."""
-    await pool.execute("UPDATE stripe_events SET next_attempt_at = now() WHERE applied_at IS NULL")
-    async with ledger.Ledger(pool) as led:
-        return await sweeper_for(pool, led, GenerationSettings.from_env(), stripe_settings_for(None)).sweep_once()
-
-
 async def test_an_unknown_customer_is_stored_with_its_error_then_applied_by_the_sweeper(
     api: Api, pool: asyncpg.Pool
 ) -> None:
@@ -585,10 +555,10 @@ async def test_an_unknown_customer_is_stored_with_its_error_then_applied_by_the_
     assert row["next_attempt_at"] > datetime.now(UTC)
     assert await pool.fetchval("SELECT count(*) FROM ledger_transactions") == 0
     # Still unknown: the sweeper tries and fails again.
-    assert (await sweep(pool))["stripe_events"] == 0
+    assert (await sweep(api, pool))["stripe_events"] == 0
     assert (await event_row(pool, event["id"]))["attempts"] == 2
     await link_customer(pool, "cus_unknown", "u9")
-    assert (await sweep(pool))["stripe_events"] == 1
+    assert (await sweep(api, pool))["stripe_events"] == 1
     row = await event_row(pool, event["id"])
     assert row["applied_at"] is not None
     assert row["last_error"] is None
@@ -631,7 +601,7 @@ async def test_a_failure_while_applying_leaves_the_event_stored_and_nothing_half
     await assert_audit_ok(api)
     monkeypatch.setitem(handlers.HANDLERS, "charge.refunded", real)
     # Retried by the sweeper (or Stripe's redelivery): applied once, completely.
-    assert (await sweep(pool))["stripe_events"] == 1
+    assert (await sweep(api, pool))["stripe_events"] == 1
     assert (await delivered(api, event))["status"] == "duplicate"
     assert len(await transactions_of(pool, event["id"])) == 1
     assert (await entitlements(api, "u1"))["balance"]["available"] == 0
