@@ -3,6 +3,7 @@ and the two questions every scenario ends with: is reconciliation clean, and if 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,6 +15,7 @@ from entitlements.settings import GenerationSettings
 from tests.support.generations import assert_audit_ok
 from tests.support.http import Api
 from tests.support.stripe_fake import deliver
+from tests.support.stripe_payloads import unique
 
 
 async def delivered(api: Api, event: dict[str, Any], status: int = 200) -> dict[str, Any]:
@@ -95,3 +97,20 @@ async def metric(api: Api, sample: str) -> float:
         if name == sample:
             return float(value)
     raise AssertionError(f"{sample} is not in /metrics")
+
+
+async def spend(pool: asyncpg.Pool, user: str, moments: int) -> None:
+    """What delivered videos do to a balance: a hold drawn in spending order, captured."""
+    key = unique("spend")
+    async with ledger.Ledger(pool) as led:
+        hold = await led.submit(
+            ledger.Hold(
+                key=f"{key}-hold",
+                user_id=user,
+                actor="test",
+                amount=moments,
+                expires_at=datetime.now(UTC) + timedelta(minutes=5),
+            )
+        )
+        assert hold.hold_id is not None
+        await led.submit(ledger.Capture(key=f"{key}-capture", user_id=user, actor="test", hold_id=hold.hold_id))
