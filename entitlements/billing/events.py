@@ -36,6 +36,8 @@ EventTime = Annotated[int, msgspec.Meta(ge=TIMESTAMP_MIN_S, le=TIMESTAMP_MAX_S)]
 Amount = Annotated[int, msgspec.Meta(ge=0, le=AMOUNT_MAX)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=QUANTITY_MAX)]
 Metadata = dict[str, Annotated[str, msgspec.Meta(max_length=METADATA_CHARS_MAX)]]
+# A status, mode or currency: one of Stripe's short words (the service stores and compares them).
+Word = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class _Stripe(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,7 +86,7 @@ class SubscriptionItems(_Stripe, frozen=True, kw_only=True):
 class Subscription(_Stripe, frozen=True, kw_only=True):
     id: StripeId
     customer: Expandable = None
-    status: str
+    status: Word
     items: SubscriptionItems = msgspec.field(default_factory=SubscriptionItems)
     current_period_end: Timestamp | None = None  # before 2025-03-31.basil
     cancel_at_period_end: bool = False
@@ -112,7 +114,7 @@ class ItemDetails(_Stripe, frozen=True, kw_only=True):
 
 
 class LineParent(_Stripe, frozen=True, kw_only=True):
-    type: str | None = None
+    type: Word | None = None
     subscription_item_details: ItemDetails | None = None
     invoice_item_details: ItemDetails | None = None
 
@@ -122,7 +124,7 @@ class InvoiceLine(_Stripe, frozen=True, kw_only=True):
     price: Price | None = None  # before 2025-03-31.basil
     pricing: LinePricing | None = None  # since 2025-03-31.basil
     proration: bool = False  # before 2025-03-31.basil
-    type: str | None = None  # before 2025-03-31.basil: "subscription" or "invoiceitem"
+    type: Word | None = None  # before 2025-03-31.basil: "subscription" or "invoiceitem"
     parent: LineParent | None = None  # since 2025-03-31.basil
 
     @property
@@ -164,7 +166,7 @@ class Invoice(_Stripe, frozen=True, kw_only=True):
     id: StripeId
     customer: Expandable = None
     amount_paid: Amount = 0
-    currency: str | None = None
+    currency: Word | None = None
     subscription: Expandable = None  # before 2025-03-31.basil; since then parent.subscription_details
     subscription_details: SubscriptionDetails | None = None  # before 2025-03-31.basil (its metadata)
     # Before 2025-03-31.basil the invoice named its payment; since, an InvoicePayment does.
@@ -199,15 +201,15 @@ class LineItems(_Stripe, frozen=True, kw_only=True):
 
 class CheckoutSession(_Stripe, frozen=True, kw_only=True):
     id: StripeId
-    mode: str
-    payment_status: str
+    mode: Word
+    payment_status: Word
     customer: Expandable = None
     client_reference_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     metadata: Metadata | None = None
     payment_intent: Expandable = None
     payment_link: Expandable = None
     amount_total: Amount | None = None
-    currency: str | None = None
+    currency: Word | None = None
     # Only present when the session was expanded: webhooks never carry it, so it is retrieved.
     line_items: LineItems | None = None
 
@@ -224,11 +226,11 @@ class Dispute(_Stripe, frozen=True, kw_only=True):
     id: StripeId
     charge: StripeId | Ref
     payment_intent: Expandable = None
-    status: str
+    status: Word
 
 
 class InvoicePaymentTarget(_Stripe, frozen=True, kw_only=True):
-    type: str
+    type: Word
     payment_intent: Expandable = None
     charge: Expandable = None
 
@@ -239,7 +241,7 @@ class InvoicePayment(_Stripe, frozen=True, kw_only=True):
     id: StripeId
     invoice: StripeId | Ref
     payment: InvoicePaymentTarget
-    status: str | None = None
+    status: Word | None = None
 
 
 class InvoicePayments(_Stripe, frozen=True, kw_only=True):

@@ -351,9 +351,9 @@ PackLine = tuple[str | None, int]
 def session_packs(
     session: CheckoutSession, catalog: pricing.Catalog, line_items: Sequence[PackLine] | None
 ) -> list[tuple[pricing.Pack, int]]:
-    """The packs a paid Checkout session bought, with their quantities: the metadata `pack` this service
-    sets on its own sessions, else every line item's price (sessions made elsewhere: Payment Links, the
-    dashboard). A pack or price the catalog does not know, or no line at all, waits."""
+    """The packs a paid Checkout session bought, with their quantities (summed per pack): the metadata
+    `pack` this service sets on its own sessions, else every line item's price (sessions made elsewhere:
+    Payment Links, the dashboard). A pack or price the catalog does not know, or no line at all, waits."""
     pack_hint = (session.metadata or {}).get("pack")
     if pack_hint:
         pack = catalog.pack(pack_hint)
@@ -368,12 +368,12 @@ def session_packs(
             f"session {session.id} is paid but its price(s) {', '.join(map(str, unknown))} match no moment pack "
             "in pricing/catalog.toml"
         )
-    packs: list[tuple[pricing.Pack, int]] = []
+    # One entry per pack, however many lines sell it, in the order first sold.
+    quantities: dict[str, int] = {}
     for price, quantity in line_items:
-        pack = catalog.pack_by_price_id(price or "")
-        assert pack is not None
-        packs.append((pack, quantity))
-    return packs
+        quantities[price or ""] = quantities.get(price or "", 0) + quantity
+    packs = [(catalog.pack_by_price_id(price), quantity) for price, quantity in quantities.items()]
+    return [(pack, quantity) for pack, quantity in packs if pack is not None]
 
 
 def _label(packs: Sequence[tuple[pricing.Pack, int]]) -> str:

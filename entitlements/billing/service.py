@@ -288,6 +288,8 @@ async def _record_failure(
         # The event is still stored and unapplied; the sweeper will find it without the note.
         log.warning("stripe_event_failure_unrecorded", event_id=event_id, error=repr(unrecorded))
         return ApplyResult("retrying", error)
+    if state is None:
+        return ApplyResult("duplicate", "ended meanwhile by another process")
     if state == "failed":
         log.warning("stripe_event_ended_failed", event_id=event_id, reason=error)
         return ApplyResult("failed", error)

@@ -245,8 +245,8 @@ def session(metadata: dict[str, str] | None = None) -> CheckoutSession:
 def test_the_packs_are_the_metadata_pack_else_every_line_items_price_with_its_quantity() -> None:
     pack_1000, pack_5000 = CATALOG.pack("pack_1000"), CATALOG.pack("pack_5000")
     assert session_packs(session({"pack": "pack_5000"}), CATALOG, [("price_pack_1000", 1)]) == [(pack_5000, 1)]
-    lines = [("price_pack_1000", 3), ("price_pack_5000", 1)]
-    assert session_packs(session(), CATALOG, lines) == [(pack_1000, 3), (pack_5000, 1)]
+    lines = [("price_pack_1000", 3), ("price_pack_5000", 1), ("price_pack_1000", 2)]
+    assert session_packs(session(), CATALOG, lines) == [(pack_1000, 5), (pack_5000, 1)]
 
 
 def test_a_paid_session_that_matches_no_pack_waits_it_is_never_without_effect() -> None:
