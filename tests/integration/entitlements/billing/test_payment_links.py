@@ -5,7 +5,7 @@ from the fake Stripe, which answers as Stripe does. Both API versions; real Post
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -22,17 +22,11 @@ from tests.support.billing import (
     transactions_of,
 )
 from tests.support.http import Api
-from tests.support.stripe_fake import FakeStripe, deliver, fake_stripe, link_customer, stripe_api_for
+from tests.support.stripe_fake import FakeStripe, deliver, link_customer, stripe_api_for
 from tests.support.stripe_payloads import CURRENT, VERSIONS, checkout_completed_event, unique
 
 LINE_ITEMS = "/v1/checkout/sessions/{}/line_items"
 ATTEMPTS_MAX = 3
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with fake_stripe() as server:
-        yield server
 
 
 @pytest.fixture

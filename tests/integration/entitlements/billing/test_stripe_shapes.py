@@ -4,7 +4,7 @@ ends applied (or applied without effect where there is nothing to do), and recon
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -13,7 +13,7 @@ import pytest
 from entitlements.billing.handlers import HANDLERS
 from tests.support.billing import assert_reconciled, delivered, entitlements
 from tests.support.http import Api
-from tests.support.stripe_fake import FakeStripe, fake_stripe, stripe_api_for
+from tests.support.stripe_fake import FakeStripe, stripe_api_for
 from tests.support.stripe_payloads import (
     CURRENT,
     LEGACY,
@@ -32,12 +32,6 @@ from tests.support.stripe_payloads import (
 
 # invoice_payment.paid exists since 2025-03-31.basil.
 SINCE_BASIL = {"invoice_payment.paid"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with fake_stripe() as server:
-        yield server
 
 
 @pytest.fixture

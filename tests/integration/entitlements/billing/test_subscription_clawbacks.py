@@ -9,7 +9,7 @@ neither creates debt, and neither changes the tier."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,7 +28,7 @@ from tests.support.billing import (
     transactions_of,
 )
 from tests.support.http import Api
-from tests.support.stripe_fake import FakeStripe, deliver, fake_stripe, link_customer, stripe_api_for
+from tests.support.stripe_fake import FakeStripe, deliver, link_customer, stripe_api_for
 from tests.support.stripe_payloads import (
     CURRENT,
     LEGACY,
@@ -45,12 +45,6 @@ from tests.support.stripe_payloads import (
 ATTEMPTS_MAX = 3
 AMOUNT = 1999  # PREMIUM's monthly price, in cents
 ALLOWANCE = 3000  # PREMIUM's monthly_allowance_moments
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with fake_stripe() as server:
-        yield server
 
 
 @pytest.fixture
