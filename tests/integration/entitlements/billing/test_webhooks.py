@@ -14,8 +14,15 @@ import pytest
 
 import ledger
 from entitlements.billing import handlers
-from tests.support.billing import delivered, entitlements, event_row, sweep, transactions_of
-from tests.support.generations import assert_audit_ok
+from tests.support.billing import (
+    assert_reconciled,
+    delivered,
+    entitlements,
+    event_row,
+    mismatches,
+    sweep,
+    transactions_of,
+)
 from tests.support.http import Api
 from tests.support.stripe_fake import WEBHOOK_SECRET, deliver, link_customer, sign, stripe_api_for
 from tests.support.stripe_payloads import (
@@ -124,7 +131,7 @@ async def test_unknown_event_types_are_stored_and_ignored(api: Api, pool: asyncp
     assert json.loads(row["payload"])["data"]["object"]["id"] == "pm_1"
     again = await delivered(api, unknown)
     assert again["status"] == "duplicate"
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_the_same_event_three_times_in_a_row_credits_once(api: Api, pool: asyncpg.Pool) -> None:
@@ -134,7 +141,7 @@ async def test_the_same_event_three_times_in_a_row_credits_once(api: Api, pool: 
     assert len(await transactions_of(pool, event["id"])) == 1
     assert (await entitlements(api, "u1"))["balance"]["available"] == 3000
     assert await pool.fetchval("SELECT attempts FROM stripe_events WHERE id = $1", event["id"]) == 1
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 @pytest.mark.parametrize("kind", ["invoice", "checkout"])
@@ -145,7 +152,7 @@ async def test_the_same_event_three_times_at_once_credits_once(api: Api, pool: a
     assert sorted(r.json()["status"] for r in responses) == ["applied", "duplicate", "duplicate"]
     assert len(await transactions_of(pool, event["id"])) == 1
     assert (await entitlements(api, "u1"))["balance"]["available"] == (3000 if kind == "invoice" else 1000)
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_two_events_about_one_invoice_credit_it_once(api: Api, pool: asyncpg.Pool) -> None:
@@ -156,7 +163,7 @@ async def test_two_events_about_one_invoice_credit_it_once(api: Api, pool: async
     assert body["status"] == "applied_without_effect"
     assert first["id"] in body["detail"]
     assert await pool.fetchval("SELECT count(*) FROM ledger_transactions") == 1
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 # --- subscriptions ---------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ async def test_subscription_lifecycle_sets_and_drops_the_tier(api: Api, pool: as
     result = await entitlements(api, "u1")
     assert result["tier"] == "FREE"
     assert result["video"] == {"allowed": False, "reason": "tier_required"}
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +242,7 @@ async def test_subscription_events_out_of_order_do_not_win(api: Api, pool: async
     # A new subscription does.
     await delivered(api, subscription_event(subscription_id="sub_2", created=t + 40))
     assert (await entitlements(api, "u1"))["tier"] == "PREMIUM"
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_same_second_events_keep_the_later_lifecycle_stage(api: Api, pool: asyncpg.Pool) -> None:
@@ -287,7 +294,7 @@ async def test_cancel_at_period_end_keeps_the_tier_until_the_period_ends(api: Ap
     await delivered(api, subscription_event(period_end=period_end, created=t + 2))
     await pool.execute("UPDATE subscriptions SET current_period_end = now() - interval '1 second'")
     assert (await entitlements(api, "u1"))["tier"] == "PREMIUM"
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_manual_tier_is_not_ended_by_an_old_stripe_period(api: Api, pool: asyncpg.Pool) -> None:
@@ -319,6 +326,8 @@ async def test_a_price_not_in_the_catalog_waits(api: Api, pool: asyncpg.Pool) ->
     assert row["applied_at"] is None
     assert "price_unknown" in row["last_error"]
     assert (await entitlements(api, "u1"))["tier"] == "FREE"
+    # Not a money event, but a waiting one: reconciliation lists it all the same.
+    assert await mismatches(api) == [("event_not_applied", event["id"])]
 
 
 # --- invoices: the allowance ----------------------------------------------------------------------------------
@@ -343,7 +352,7 @@ async def test_invoice_paid_grants_the_periods_allowance_as_an_expiring_lot(
     assert lot["expires_at"] == datetime.fromtimestamp(period_end, UTC)
     row = await event_row(pool, event["id"])
     assert (row["ledger_kind"], row["ledger_moments"]) == ("subscription_grant", 10_000)
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_invoices_that_are_not_a_subscriptions_grant_nothing(api: Api, pool: asyncpg.Pool) -> None:
@@ -391,7 +400,7 @@ async def test_an_allowance_expires_at_period_end_with_the_spent_part_kept(
         "WHERE a.code = 'system:expired'"
     )
     assert expired == 1800
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_an_allowance_whose_period_already_ended_is_not_granted(api: Api, pool: asyncpg.Pool) -> None:
@@ -416,7 +425,7 @@ async def test_checkout_completed_credits_a_paid_lot_and_records_the_purchase(ap
     lot = await one(pool, "SELECT * FROM ledger_lots WHERE id = $1", purchase["lot_id"])
     assert (lot["category"], lot["amount"], lot["expires_at"]) == ("paid", 5000, None)
     assert (await entitlements(api, "u1"))["balance"]["available"] == 5000
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_pack_is_found_by_its_line_price_without_metadata(api: Api, pool: asyncpg.Pool) -> None:
@@ -435,7 +444,7 @@ async def test_an_unpaid_checkout_waits_for_async_payment_succeeded(api: Api, po
     )
     assert (await delivered(api, paid))["status"] == "applied"
     assert (await entitlements(api, "u1"))["balance"]["available"] == 1000
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_subscription_checkout_only_teaches_the_customer(api: Api, pool: asyncpg.Pool) -> None:
@@ -463,7 +472,7 @@ async def test_a_partial_refund_claws_back_proportionally_then_the_rest(api: Api
     assert (await entitlements(api, "u1"))["balance"]["available"] == 0
     assert await pool.fetchval("SELECT refund_moments FROM stripe_purchases") == 1000
     assert await pool.fetchval("SELECT count(*) FROM ledger_transactions WHERE kind = 'clawback'") == 2
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_refund_of_spent_moments_creates_debt(api: Api, pool: asyncpg.Pool) -> None:
@@ -481,7 +490,7 @@ async def test_a_refund_of_spent_moments_creates_debt(api: Api, pool: asyncpg.Po
     assert result["balance"]["available"] == 0
     assert result["owed"] == 900
     assert result["video"]["reason"] in {"tier_required", "in_debt"}
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_dispute_lost_keeps_the_clawback(api: Api, pool: asyncpg.Pool) -> None:
@@ -495,7 +504,7 @@ async def test_a_dispute_lost_keeps_the_clawback(api: Api, pool: asyncpg.Pool) -
     assert await transactions_of(pool, closed["id"]) == []
     assert (await entitlements(api, "u1"))["balance"]["available"] == 0
     assert await pool.fetchval("SELECT status FROM stripe_disputes") == "lost"
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_dispute_won_gives_the_moments_back(api: Api, pool: asyncpg.Pool) -> None:
@@ -515,7 +524,7 @@ async def test_a_dispute_won_gives_the_moments_back(api: Api, pool: asyncpg.Pool
         "status"
     ] == "applied_without_effect"
     assert (await entitlements(api, "u1"))["balance"]["available"] == 750
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_refund_during_a_dispute_is_not_given_back_when_the_dispute_is_won(
@@ -527,7 +536,7 @@ async def test_a_refund_during_a_dispute_is_not_given_back_when_the_dispute_is_w
     assert await pool.fetchval("SELECT moments FROM stripe_disputes") == 600
     await delivered(api, dispute_event("charge.dispute.closed", status="won"))
     assert (await entitlements(api, "u1"))["balance"]["available"] == 600
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_dispute_closed_before_created_is_handled(api: Api, pool: asyncpg.Pool) -> None:
@@ -536,7 +545,7 @@ async def test_dispute_closed_before_created_is_handled(api: Api, pool: asyncpg.
     assert (await entitlements(api, "u1"))["balance"]["available"] == 0
     assert (await delivered(api, dispute_event("charge.dispute.created")))["status"] == "applied_without_effect"
     assert await pool.fetchval("SELECT count(*) FROM ledger_transactions WHERE kind = 'clawback'") == 1
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 # --- waiting, failures, retries -------------------------------------------------------------------------------
@@ -563,7 +572,7 @@ async def test_an_unknown_customer_is_stored_with_its_error_then_applied_by_the_
     assert row["applied_at"] is not None
     assert row["last_error"] is None
     assert (await entitlements(api, "u9"))["balance"]["available"] == 3000
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_refund_before_its_purchase_waits_and_is_applied_after_it(api: Api, pool: asyncpg.Pool) -> None:
@@ -574,7 +583,7 @@ async def test_a_refund_before_its_purchase_waits_and_is_applied_after_it(api: A
     # Stripe's redelivery applies it too (as the sweeper would).
     assert (await delivered(api, refund))["status"] == "applied"
     assert (await entitlements(api, "u1"))["balance"]["available"] == 0
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_a_failure_while_applying_leaves_the_event_stored_and_nothing_half_applied(
@@ -598,14 +607,14 @@ async def test_a_failure_while_applying_leaves_the_event_stored_and_nothing_half
     assert await transactions_of(pool, event["id"]) == []
     assert await pool.fetchval("SELECT refund_moments FROM stripe_purchases") == 0
     assert (await entitlements(api, "u1"))["balance"]["available"] == 1000
-    await assert_audit_ok(api)
+    assert await mismatches(api) == [("event_not_applied", event["id"])]
     monkeypatch.setitem(handlers.HANDLERS, "charge.refunded", real)
     # Retried by the sweeper (or Stripe's redelivery): applied once, completely.
     assert (await sweep(api, pool))["stripe_events"] == 1
     assert (await delivered(api, event))["status"] == "duplicate"
     assert len(await transactions_of(pool, event["id"])) == 1
     assert (await entitlements(api, "u1"))["balance"]["available"] == 0
-    await assert_audit_ok(api)
+    await assert_reconciled(api)
 
 
 async def test_the_webhook_secret_is_what_signs(api: Api) -> None:
