@@ -128,7 +128,8 @@ async def paid_for(
         except NotYetApplicable as unanswered:
             raise _no_purchase(charge_id, payment_intent_id, f"and {unanswered}") from None
     if invoice_id is None:
-        raise _no_purchase(charge_id, payment_intent_id, "and it paid no invoice")
+        why = "and it paid no invoice" if payment_intent_id else "and it names no payment intent to find its invoice by"
+        raise _no_purchase(charge_id, payment_intent_id, why)
     for payment in payments:
         await connection.execute(queries.REMEMBER_INVOICE_PAYMENT, payment, invoice_id)
     row = await connection.fetchrow(queries.INVOICE_FOR_UPDATE, invoice_id)

@@ -395,10 +395,11 @@ async def _apply_checkout_completed(context: Context) -> Effect:
         )
     line_items: Sequence[PackLine] | None = None
     if not (session.metadata or {}).get("pack"):
-        # Webhooks never carry line items: a session made elsewhere is asked about (unless expanded).
+        # Webhooks never carry line items: a session made elsewhere is asked about (unless expanded whole).
+        expanded = session.line_items
         line_items = (
-            [(item.price.id if item.price else None, item.quantity) for item in session.line_items.data]
-            if session.line_items is not None
+            [(item.price.id if item.price else None, item.quantity) for item in expanded.data]
+            if expanded is not None and not expanded.has_more
             else context.stripe(LineItemsOf(session.id))
         )
     packs = session_packs(session, context.catalog, line_items)

@@ -287,3 +287,22 @@ async def test_the_allowance_period_is_the_invoice_lines(api: Api, fake: FakeStr
         datetime.fromtimestamp(period_end, UTC),
         "PREMIUM",
     )
+
+
+async def test_a_disputes_events_delivered_at_once_take_once_and_give_back_once(
+    api: Api, fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    paid = await pay_invoice(api, fake, "stripe-invoice-payments")
+    opened = [paid.dispute("charge.dispute.created", "needs_response") for _ in range(2)]
+    opened.append(paid.dispute("charge.dispute.funds_withdrawn", "needs_response"))
+    responses = await asyncio.gather(*(deliver(api, event) for event in opened))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert await available(api, "u1") == 0
+    won = [paid.dispute("charge.dispute.closed", "won"), paid.dispute("charge.dispute.funds_reinstated", "won")]
+    responses = await asyncio.gather(*(deliver(api, event) for event in won))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert sorted(r.json()["status"] for r in responses) == ["applied", "applied_without_effect"]
+    assert await available(api, "u1") == ALLOWANCE
+    assert await pool.fetchval("SELECT count(*) FROM ledger_transactions WHERE kind = 'clawback'") == 1
+    assert await pool.fetchval("SELECT count(*) FROM ledger_transactions WHERE kind = 'clawback_reversal'") == 1
+    await assert_reconciled(api)
