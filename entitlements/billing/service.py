@@ -90,7 +90,8 @@ REAPPLY_BACKOFF_CAP_S = 3600
 LAST_ERROR_CHARS_MAX = 1000
 # An event may need a few answers from Stripe (line items, an invoice); more than this is a bug.
 LOOKUPS_PER_EVENT_MAX = 3
-EVENTS_PAGE_MAX = 500
+# As large as any `limit` the API takes (its LIMIT_MAX); PAGE_SIZE_MAX may only lower it.
+EVENTS_PAGE_MAX = 1000
 # Tiers a user must be on to buy moment packs: every tier but the free one.
 PACK_TIERS = tuple(name for name in pricing.TIER_NAMES if name != pricing.FREE_TIER)
 

@@ -217,3 +217,12 @@ async def test_the_command_lists_failed_events_and_reapplies_them(
     assert unknown.returncode == 1
     assert "no Stripe event evt_nowhere is stored" in unknown.stderr
     await assert_reconciled(api)
+
+
+async def test_the_events_page_takes_its_limit_at_and_not_past_page_size_max(api: Api) -> None:
+    page_size_max = api.client.app.state.settings.api.page_size_max
+    at = await api.get("/v1/stripe/events", "finance", state="pending", limit=page_size_max)
+    assert at.status_code == 200, at.text
+    past = await api.get("/v1/stripe/events", "finance", state="pending", limit=page_size_max + 1)
+    assert past.status_code == 422
+    assert past.json()["errors"][0]["field"] == "limit"
