@@ -96,6 +96,9 @@ class ApiSettings:
     request_body_bytes_max: int
     support_grant_moments_max: int
     log_format: LogFormat  # "json", "console", or "auto" (console on a TTY)
+    # A cached key is read again from PostgreSQL after this long even if no revocation was heard.
+    api_key_cache_ttl_s: int
+    api_key_cache_entries_max: int
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -109,6 +112,8 @@ class ApiSettings:
             request_body_bytes_max=_int("REQUEST_BODY_BYTES_MAX", 64 * 1024, minimum=1024, maximum=10 << 20),
             support_grant_moments_max=_int("SUPPORT_GRANT_MOMENTS_MAX", 5_000, minimum=0, maximum=10_000_000),
             log_format=log_format,
+            api_key_cache_ttl_s=_int("API_KEY_CACHE_TTL_S", 60, minimum=0, maximum=3600),
+            api_key_cache_entries_max=_int("API_KEY_CACHE_ENTRIES_MAX", 10_000, minimum=1, maximum=1_000_000),
         )
 
 

@@ -82,7 +82,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is not met")
-    return parser.parse_args(argv)
+    options, _ = parser.parse_known_args(argv)
+    return options
 
 
 def machine() -> dict[str, object]:
