@@ -47,7 +47,7 @@ from entitlements.http.observability import request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
 from entitlements.keys.controllers import KeysController
 from entitlements.quotes.controllers import QuotesController
-from entitlements.settings import ConsoleSettings, GenerationSettings, Settings
+from entitlements.settings import ConsoleSettings, GenerationSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
 from generation_client import WorkerClient
 from generation_client.logs import configure_logging
@@ -55,6 +55,8 @@ from generation_client.logs import configure_logging
 # Invariants beyond the ledger's own that `audit` also checks (the generations' settlement, and that
 # Stripe events and their ledger transactions match).
 EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
+# Gauges each domain reads from the database when /metrics is scraped.
+METRICS_READERS = (billing.refresh_metrics,)
 CONTROLLERS = (
     HealthController,
     QuotesController,
@@ -131,6 +133,7 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "dispatcher": _state_value(state, "dispatcher"),
         "stripe_gateway": _state_value(state, "stripe"),
         "audit_checks": _state_value(state, "extra_audit_checks"),
+        "metrics_readers": _state_value(state, "metrics_readers"),
         "key_cache": _state_value(state, "key_cache"),
         "approval_effects": _state_value(state, "approval_effects"),
         "price_table": Provide(provide_price_table, sync_to_thread=False),
@@ -196,6 +199,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             catalog=catalog,
             extra_audit_checks=EXTRA_AUDIT_CHECKS,
             approval_effects=APPROVAL_EFFECTS,
+            metrics_readers=METRICS_READERS,
             dispatcher=None,
             stripe=None,
             key_cache=None,
@@ -225,12 +229,17 @@ def sweeper_for(
     pool: asyncpg.Pool,
     ledger_service: ledger.Ledger,
     settings: GenerationSettings,
+    stripe_settings: StripeSettings,
+    stripe_gateway: billing.StripeGateway | None = None,
+    catalog: pricing.Catalog | None = None,
     console_settings: ConsoleSettings | None = None,
 ) -> generations.Sweeper:
-    """The sweeper with every domain's periodic work: expired holds and lots, Stripe events stored but
-    not applied (a failure, an unknown customer, a refund before its purchase), and console sessions long over."""
+    """The sweeper with every domain's periodic work: expired holds and lots, Stripe events stored but not
+    ended (a failure, an unknown customer, a refund before its purchase), and console sessions long over."""
     also = {
-        "stripe_events": partial(billing.reapply_pending_events, pool, ledger_service),
+        "stripe_events": partial(
+            billing.reapply_pending_events, pool, ledger_service, stripe_gateway, stripe_settings, catalog
+        ),
         "console_sessions": partial(console.purge_sessions, pool, console_settings or ConsoleSettings.from_env()),
     }
     return generations.Sweeper(pool, ledger_service, settings, also)
@@ -245,7 +254,10 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
     if not generation.dispatcher_enabled:
         return []
     pool, ledger_service = app.state.pool, app.state.ledger
-    tasks = [asyncio.create_task(sweeper_for(pool, ledger_service, generation, settings.console).run(), name="sweeper")]
+    sweeper = sweeper_for(
+        pool, ledger_service, generation, settings.stripe, app.state.stripe, app.state.catalog, settings.console
+    )
+    tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
     if not generation.worker_urls:
         log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
         return tasks

@@ -1,4 +1,5 @@
-"""The `moments` command: dev, migrate, serve, worker, keys (list, create, revoke, rotate), audit."""
+"""The `moments` command: dev, migrate, serve, worker, keys (list, create, revoke, rotate), audit, stripe
+(failed, reapply)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -17,6 +18,7 @@ API_PORT_DEFAULT = 8000
 WORKER_PORT_DEFAULT = 8100
 CONNECT_TIMEOUT_S = 10
 KEYS_PAGE_SIZE = 500
+STRIPE_EVENTS_LISTED_DEFAULT = 100
 MOMENTS_APP = "entitlements.app:create_app_from_env"
 # Chosen by measurement on a 2-core machine with PostgreSQL beside the API (docs/performance.md).
 SERVE_WORKERS_DEFAULT = 1
@@ -143,6 +145,50 @@ def cmd_audit(_: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_stripe_failed(args: argparse.Namespace) -> int:
+    from entitlements import billing
+
+    state: Literal["pending", "failed"] = "pending" if args.pending else "failed"
+    page = _on_database(lambda pool: billing.list_events(pool, state, limit=args.limit, cursor=None))
+    for event in page.items:
+        print(f"{event.id}  {event.type}  created {event.created:%Y-%m-%d %H:%M:%S}  attempts {event.attempts}")
+        print(f"    {event.last_error}")
+    more = " (more: raise --limit)" if page.next_cursor else ""
+    print(f"{len(page.items)} {state} Stripe event(s){more}")
+    return 0
+
+
+def cmd_stripe_reapply(args: argparse.Namespace) -> int:
+    import getpass
+
+    import ledger
+    import pricing
+    from entitlements import billing
+    from entitlements.billing.schemas import StripeEventOut
+    from entitlements.settings import StripeSettings
+
+    settings = StripeSettings.from_env()
+    actor = f"cli:{getpass.getuser()}"
+
+    async def reapply(pool: asyncpg.Pool) -> list[StripeEventOut]:
+        # Events are applied in their own transactions with Ledger.execute_in: no group committer needed.
+        gateway = billing.make_gateway(settings)
+        try:
+            led, catalog = ledger.Ledger(pool), pricing.load_catalog()
+            return [
+                await billing.reapply_event(pool, led, catalog, gateway, settings, event_id, actor=actor)
+                for event_id in args.event_ids
+            ]
+        finally:
+            if gateway is not None:
+                await gateway.aclose()
+
+    ended = _on_database(reapply)
+    for event in ended:
+        print(f"{event.id}: {event.state} ({event.outcome or event.last_error})")
+    return 0 if all(event.state in {"applied", "applied_without_effect"} for event in ended) else 1
+
+
 def serve_asgi(target: str, *, host: str, port: int, workers: int, runtime_threads: int = 1) -> None:
     """Serves an ASGI app factory with granian; the HTTP benchmark serves its bare app through this too,
     so both sides of its ratios run on the same server settings."""
@@ -246,7 +292,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="check every ledger invariant; exit 1 if any fails")
     audit.set_defaults(handler=cmd_audit)
+
+    stripe_events = commands.add_parser("stripe", help="stored Stripe events")
+    stripe_commands = stripe_events.add_subparsers(dest="stripe_command", required=True)
+    failed = stripe_commands.add_parser("failed", help="events that ended failed, with why, oldest first")
+    failed.add_argument("--pending", action="store_true", help="list the events not ended yet instead")
+    failed.add_argument("--limit", type=_events_limit, default=STRIPE_EVENTS_LISTED_DEFAULT)
+    failed.set_defaults(handler=cmd_stripe_failed)
+    reapply = stripe_commands.add_parser(
+        "reapply", help="apply failed (or pending) events again, now, after a fix; exit 1 unless all applied"
+    )
+    reapply.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
+    reapply.set_defaults(handler=cmd_stripe_reapply)
     return parser
+
+
+def _events_limit(raw: str) -> int:
+    from entitlements.billing.service import EVENTS_PAGE_MAX
+
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= EVENTS_PAGE_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {EVENTS_PAGE_MAX}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

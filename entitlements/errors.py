@@ -90,6 +90,12 @@ class InvalidSignature(DomainError):
     code = "invalid_signature"
 
 
+class LivemodeMismatch(DomainError):
+    """A Stripe event of the other mode than the key in use (live under a test key, or the reverse)."""
+
+    code = "livemode_mismatch"
+
+
 class Unavailable(DomainError):
     """A dependency did not answer; the same request (same Idempotency-Key) may be retried."""
 
@@ -121,6 +127,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "InDebt",
     "InvalidSignature",
+    "LivemodeMismatch",
     "NotFound",
     "NotReady",
     "NotRefundable",

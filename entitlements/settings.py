@@ -181,6 +181,32 @@ class LedgerSettings:
         )
 
 
+# Stripe's key prefixes say which mode a key belongs to: secret (sk_) and restricted (rk_) keys alike.
+_LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+_TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+
+
+def stripe_livemode(api_key: str | None, livemode: bool | None) -> bool:
+    """Whether this service is connected to Stripe's live mode: STRIPE_LIVEMODE if set, else what the
+    key's prefix says, else test mode (a service nobody told it is live accepts only test events)."""
+    from_key: bool | None = None
+    if api_key is not None:
+        if api_key.startswith(_LIVE_KEY_PREFIXES):
+            from_key = True
+        elif api_key.startswith(_TEST_KEY_PREFIXES):
+            from_key = False
+    if livemode is not None and from_key is not None and livemode != from_key:
+        raise SettingsError(
+            f"STRIPE_LIVEMODE is {str(livemode).lower()} but STRIPE_API_KEY is a {'live' if from_key else 'test'}"
+            " mode key"
+        )
+    if livemode is None and from_key is None and api_key is not None:
+        raise SettingsError(
+            "STRIPE_API_KEY starts with none of sk_live_, rk_live_, sk_test_, rk_test_: set STRIPE_LIVEMODE"
+        )
+    return livemode if livemode is not None else bool(from_key)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StripeSettings:
     api_key: str | None = field(repr=False)
@@ -189,16 +215,33 @@ class StripeSettings:
     webhook_tolerance_s: int
     success_url: str
     cancel_url: str
+    # The mode events must be in (`livemode`); an event of the other mode is refused.
+    livemode: bool = False
+    # Retrievals while applying an event (a session's line items, a payment's invoice): per call, and
+    # how often the stripe library retries one.
+    lookup_timeout_s: float = 5.0
+    lookup_retries_max: int = 1
+    # How often a stored event is tried before it ends `failed` (an admin may re-apply it after a fix).
+    event_attempts_max: int = 20
+    # Deeper webhook bodies are refused (Stripe's own are about 12 levels deep).
+    event_depth_max: int = 64
 
     @classmethod
     def from_env(cls) -> StripeSettings:
+        api_key = _optional("STRIPE_API_KEY")
+        explicit = _optional("STRIPE_LIVEMODE")
         return cls(
-            api_key=_optional("STRIPE_API_KEY"),
+            api_key=api_key,
             webhook_secret=_optional("STRIPE_WEBHOOK_SECRET"),
             api_base=_optional("STRIPE_API_BASE"),
             webhook_tolerance_s=_int("STRIPE_WEBHOOK_TOLERANCE_S", 300, minimum=1, maximum=3600),
             success_url=_text("STRIPE_SUCCESS_URL", "http://127.0.0.1/checkout/success"),
             cancel_url=_text("STRIPE_CANCEL_URL", "http://127.0.0.1/checkout/cancel"),
+            livemode=stripe_livemode(api_key, _bool("STRIPE_LIVEMODE", False) if explicit is not None else None),
+            lookup_timeout_s=_float("STRIPE_LOOKUP_TIMEOUT_S", 5.0, minimum=0.1, maximum=60.0),
+            lookup_retries_max=_int("STRIPE_LOOKUP_RETRIES_MAX", 1, minimum=0, maximum=5),
+            event_attempts_max=_int("STRIPE_EVENT_ATTEMPTS_MAX", 20, minimum=1, maximum=100),
+            event_depth_max=_int("STRIPE_EVENT_DEPTH_MAX", 64, minimum=16, maximum=512),
         )
 
 

@@ -27,6 +27,7 @@ from ledger.operations import (
     AnyOperation,
     Capture,
     Clawback,
+    ClawbackUnspent,
     Credit,
     ExpireLots,
     Hold,
@@ -316,6 +317,18 @@ class _Run:
                     state, amount=operation.amount, preferred_lot_id=operation.lot_id, now=self.now
                 )
                 kind, amount = "clawback", operation.amount
+            case ClawbackUnspent():
+                taken = rules.clawback_unspent(
+                    state,
+                    lot_id=operation.lot_id,
+                    numerator=operation.numerator,
+                    denominator=operation.denominator,
+                    now=self.now,
+                )
+                if taken is None:
+                    # Nothing left to take: no transaction, nothing to replay; asking again is harmless.
+                    return self._result(None, "clawback", 0, user, None, ())
+                postings, kind, amount = taken, "clawback", -taken[0][1]
             case _:
                 raise AssertionError(f"unknown operation {operation!r}")
         state.check()

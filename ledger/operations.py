@@ -86,7 +86,16 @@ class Clawback(Operation, frozen=True, tag="clawback"):
     lot_id: int | None = None
 
 
-AnyOperation = Credit | Hold | Capture | Void | Refund | ExpireLots | Clawback
+class ClawbackUnspent(Operation, frozen=True, tag="clawback_unspent"):
+    """Takes back `numerator`/`denominator` (rounded down) of what is still unspent in one lot, from that
+    lot only: never more than it holds, never debt. The unspent part of a refunded subscription allowance."""
+
+    lot_id: int
+    numerator: int
+    denominator: int
+
+
+AnyOperation = Credit | Hold | Capture | Void | Refund | ExpireLots | Clawback | ClawbackUnspent
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,6 +154,12 @@ def validate(operation: AnyOperation) -> None:
         raise InvalidOperation(f"reason must be at most {REASON_CHARS_MAX} characters")
     if operation.reference is not None and len(operation.reference) > REFERENCE_CHARS_MAX:
         raise InvalidOperation(f"reference must be at most {REFERENCE_CHARS_MAX} characters")
+    if isinstance(operation, ClawbackUnspent):
+        share = (operation.numerator, operation.denominator)
+        if any(isinstance(part, bool) or not isinstance(part, int) for part in share) or not (
+            0 < operation.numerator <= operation.denominator
+        ):
+            raise InvalidOperation("numerator/denominator must be whole numbers with 0 < numerator <= denominator")
     # Ids travel to PostgreSQL inside array literals (ledger/arrays.py): only integers may.
     for name, value in (
         ("hold_id", getattr(operation, "hold_id", None)),

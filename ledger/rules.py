@@ -383,3 +383,20 @@ def clawback(state: UserState, *, amount: int, preferred_lot_id: int | None, now
     state.available -= taken
     state.owed += left
     return _assert_balanced(_merge([(AVAILABLE, -taken), (DEBT, -left), (CLAWBACK, amount)]))
+
+
+def clawback_unspent(
+    state: UserState, *, lot_id: int, numerator: int, denominator: int, now: datetime
+) -> Postings | None:
+    """Takes back numerator/denominator (rounded down) of what is left of one unexpired lot, from that lot
+    only; None when that comes to nothing (the lot is spent, expired, or not the user's)."""
+    lot = state.lots.get(lot_id)
+    if lot is None or lot.is_expired(now):
+        return None
+    amount = lot.remaining * numerator // denominator
+    if amount == 0:
+        return None
+    lot.remaining -= amount
+    lot.changed = True
+    state.available -= amount
+    return _assert_balanced([(AVAILABLE, -amount), (CLAWBACK, amount)])

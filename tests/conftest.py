@@ -12,6 +12,7 @@ from tests.support.database import (
     dsn_with_database,
     postgres_server,
 )
+from tests.support.stripe_fake import FakeStripe, fake_stripe
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -45,3 +46,10 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     assert created is not None
     yield created
     await created.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    """The local fake Stripe (tests/support/stripe_fake.py) for a test whose service calls Stripe."""
+    with fake_stripe() as server:
+        yield server

@@ -12,30 +12,65 @@ INSERT INTO stripe_events (id, type, created, livemode, payload) VALUES ($1, $2,
 ON CONFLICT (id) DO NOTHING RETURNING true
 """
 
-_EVENT_TO_APPLY = "SELECT type, created, payload, applied_at, outcome FROM stripe_events WHERE id = $1"
+_EVENT_TO_APPLY = "SELECT type, created, payload, state, outcome, last_error FROM stripe_events WHERE id = $1"
 EVENT_FOR_UPDATE = f"{_EVENT_TO_APPLY} FOR UPDATE"
 # The sweeper's: an event another process is applying right now is left to that process.
 EVENT_FOR_UPDATE_SKIP_LOCKED = f"{_EVENT_TO_APPLY} FOR UPDATE SKIP LOCKED"
 
+# $5: applied or applied_without_effect.
 MARK_EVENT_APPLIED = """
 UPDATE stripe_events
-SET applied_at = now(), attempts = attempts + 1, last_error = NULL, next_attempt_at = now(),
+SET state = $5, applied_at = now(), attempts = attempts + 1, last_error = NULL, next_attempt_at = now(),
     outcome = $2, ledger_kind = $3, ledger_moments = $4
 WHERE id = $1
 """
 
-# The next attempt waits base ($4) * 2^attempts seconds, at most $3; the exponent is bounded too.
+# One more failed attempt: the event ends failed when it can never apply ($5) or has had its attempts
+# ($6); otherwise the next attempt waits base ($4) * 2^attempts seconds, at most $3 (exponent bounded).
 RECORD_EVENT_FAILURE = """
 UPDATE stripe_events
 SET attempts = attempts + 1, last_error = $2,
+    state = CASE WHEN $5 OR attempts + 1 >= $6 THEN 'failed' ELSE 'pending' END,
+    failed_at = CASE WHEN $5 OR attempts + 1 >= $6 THEN now() END,
     next_attempt_at = now() + make_interval(secs => least($3, $4 * power(2, least(attempts, 20))))
-WHERE id = $1 AND applied_at IS NULL
+WHERE id = $1 AND state = 'pending'
+RETURNING state
 """
 
 # Oldest Stripe time first, so a purchase is applied before its refund.
 DUE_EVENTS = """
-SELECT id FROM stripe_events WHERE applied_at IS NULL AND next_attempt_at <= now()
+SELECT id FROM stripe_events WHERE state = 'pending' AND next_attempt_at <= now()
 ORDER BY created, id LIMIT $1
+"""
+
+# An admin asks for a failed (or still pending) event to be applied again: a fresh set of attempts.
+REOPEN_EVENT = """
+UPDATE stripe_events
+SET state = 'pending', failed_at = NULL, attempts = 0, next_attempt_at = now(), reapplied_at = now(),
+    reapplied_by = $2
+WHERE id = $1 AND state IN ('pending', 'failed')
+RETURNING id
+"""
+
+_EVENT_COLUMNS = """
+id, type, created, livemode, state, attempts, last_error, outcome, ledger_kind, ledger_moments, received_at,
+applied_at, failed_at, reapplied_at, reapplied_by
+"""
+EVENT = f"SELECT {_EVENT_COLUMNS} FROM stripe_events WHERE id = $1"
+# Failed (or pending) events, oldest Stripe time first, after the cursor ($2, $3) when given.
+EVENTS_IN_STATE = f"""
+SELECT {_EVENT_COLUMNS} FROM stripe_events
+WHERE state = $1 AND ($2::timestamptz IS NULL OR (created, id) > ($2, $3))
+ORDER BY created, id LIMIT $4
+"""
+
+# For /metrics: events that have not ended, those that ended failed, and the oldest pending one's age.
+# One subquery per state, each matching a partial index's predicate, so a scrape never reads the table.
+EVENT_BACKLOG = """
+SELECT (SELECT count(*) FROM stripe_events WHERE state = 'pending') AS pending,
+       (SELECT count(*) FROM stripe_events WHERE state = 'failed') AS failed,
+       coalesce(extract(epoch FROM now() - (SELECT min(received_at) FROM stripe_events WHERE state = 'pending')),
+                0)::float8 AS oldest_pending_s
 """
 
 # Customers ------------------------------------------------------------------------------------------
@@ -79,8 +114,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 
 # The purchase a charge (or its payment intent) paid for: what its refunds and disputes claw back from.
 PURCHASE_OF_CHARGE_FOR_UPDATE = """
-SELECT checkout_session_id, charge_id, user_id, pack_id, moments, amount_paid, lot_id,
-       amount_refunded, refund_moments, dispute_moments
+SELECT checkout_session_id AS key, charge_id, user_id, pack_id AS label, moments, amount_paid, lot_id,
+       NULL::timestamptz AS expires_at, amount_refunded, refund_moments, dispute_moments
 FROM stripe_purchases
 WHERE charge_id = $1 OR ($2::text IS NOT NULL AND payment_intent_id = $2)
 ORDER BY created_at LIMIT 1
@@ -88,37 +123,63 @@ FOR UPDATE
 """
 
 SET_PURCHASE_CHARGE = "UPDATE stripe_purchases SET charge_id = $2 WHERE checkout_session_id = $1"
-SET_PURCHASE_AMOUNT_REFUNDED = "UPDATE stripe_purchases SET amount_refunded = $2 WHERE checkout_session_id = $1"
 
-# A refund's moments ($3) include those shifted from open disputes ($4), which no longer count there.
-RECORD_PURCHASE_REFUND = """
-UPDATE stripe_purchases
-SET amount_refunded = $2, refund_moments = refund_moments + $3, dispute_moments = dispute_moments - $4
-WHERE checkout_session_id = $1
+# Subscription invoices ---------------------------------------------------------------------------------
+
+INSERT_INVOICE = """
+INSERT INTO stripe_invoices (invoice_id, event_id, user_id, subscription_id, tier, moments, lot_id, expires_at,
+                             transaction_id, amount_paid)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (invoice_id) DO NOTHING
 """
 
-ADD_PURCHASE_DISPUTE_MOMENTS = """
-UPDATE stripe_purchases SET dispute_moments = dispute_moments + $2 WHERE checkout_session_id = $1
+INVOICE_FOR_UPDATE = """
+SELECT invoice_id AS key, NULL::text AS charge_id, user_id, tier AS label, moments, amount_paid, lot_id,
+       expires_at, amount_refunded, refund_moments, dispute_moments
+FROM stripe_invoices WHERE invoice_id = $1
+FOR UPDATE
 """
 
-# A won dispute gives its moments back; the reversal's lot ($3) is where a later refund takes from first.
-REVERSE_PURCHASE_DISPUTE_MOMENTS = """
-UPDATE stripe_purchases SET dispute_moments = dispute_moments - $2, lot_id = coalesce($3, lot_id)
-WHERE checkout_session_id = $1
+REMEMBER_INVOICE_PAYMENT = """
+INSERT INTO stripe_invoice_payments (payment_id, invoice_id) VALUES ($1, $2) ON CONFLICT (payment_id) DO NOTHING
 """
+INVOICE_OF_PAYMENT = """
+SELECT invoice_id FROM stripe_invoice_payments WHERE payment_id = ANY($1::text[]) ORDER BY created_at LIMIT 1
+"""
+
+# What refunds and disputes change on a purchase or an invoice (the same columns on both tables) --------
+
+
+def _on_paid(table: str, key: str) -> dict[str, str]:
+    return {
+        "set_amount_refunded": f"UPDATE {table} SET amount_refunded = $2 WHERE {key} = $1",
+        # A refund's moments ($3) include those shifted from open disputes ($4), which no longer count there.
+        "record_refund": f"""
+            UPDATE {table}
+            SET amount_refunded = $2, refund_moments = refund_moments + $3, dispute_moments = dispute_moments - $4
+            WHERE {key} = $1""",
+        "add_dispute_moments": f"UPDATE {table} SET dispute_moments = dispute_moments + $2 WHERE {key} = $1",
+        # A won dispute gives its moments back; the reversal's lot ($3) is where a later refund takes from.
+        "reverse_dispute_moments": f"""
+            UPDATE {table} SET dispute_moments = dispute_moments - $2, lot_id = coalesce($3, lot_id)
+            WHERE {key} = $1""",
+        "open_disputes_for_update": f"""
+            SELECT dispute_id, moments FROM stripe_disputes
+            WHERE {key} = $1 AND status = 'open' AND moments > 0
+            ORDER BY dispute_id FOR UPDATE""",
+    }
+
+
+ON_PURCHASE = _on_paid("stripe_purchases", "checkout_session_id")
+ON_INVOICE = _on_paid("stripe_invoices", "invoice_id")
 
 # Disputes --------------------------------------------------------------------------------------------
 
 DISPUTE_FOR_UPDATE = "SELECT status, moments FROM stripe_disputes WHERE dispute_id = $1 FOR UPDATE"
 
-OPEN_DISPUTES_FOR_UPDATE = """
-SELECT dispute_id, moments FROM stripe_disputes
-WHERE checkout_session_id = $1 AND status = 'open' AND moments > 0
-ORDER BY dispute_id FOR UPDATE
-"""
-
+# Of a purchase ($2) or of an invoice ($3).
 INSERT_DISPUTE = """
-INSERT INTO stripe_disputes (dispute_id, checkout_session_id, moments, status) VALUES ($1, $2, $3, $4)
+INSERT INTO stripe_disputes (dispute_id, checkout_session_id, invoice_id, moments, status) VALUES ($1, $2, $3, $4, $5)
 """
 
 TAKE_FROM_DISPUTE = "UPDATE stripe_disputes SET moments = moments - $2, updated_at = now() WHERE dispute_id = $1"
@@ -162,9 +223,10 @@ WHERE t.kind IN ('purchase', 'subscription_grant', 'clawback', 'clawback_reversa
   AND e.ledger_kind IS DISTINCT FROM t.kind
 """
 
-# The money events of a window (by Stripe's `created`), each with the transactions referencing it as JSON.
+# The money events of a window (by Stripe's `created`), and any that has not ended or ended failed, each
+# with the transactions referencing it as JSON.
 RECONCILED_EVENTS = f"""
-SELECT e.id, e.type, e.created, e.applied_at IS NOT NULL AS applied, e.outcome, e.last_error, e.attempts,
+SELECT e.id, e.type, e.created, e.state, e.outcome, e.last_error, e.attempts,
        e.ledger_kind, e.ledger_moments,
        coalesce((
            SELECT json_agg(json_build_object(
@@ -173,7 +235,7 @@ SELECT e.id, e.type, e.created, e.applied_at IS NOT NULL AS applied, e.outcome, 
            FROM ledger_transactions t {_TRANSACTION_MOMENTS} WHERE t.reference = e.id
        ), '[]')::text AS transactions
 FROM stripe_events e
-WHERE (e.type = ANY($1::text[]) OR e.ledger_kind IS NOT NULL)
+WHERE (e.type = ANY($1::text[]) OR e.ledger_kind IS NOT NULL OR e.state IN ('pending', 'failed'))
   AND ($2::timestamptz IS NULL OR e.created >= $2) AND ($3::timestamptz IS NULL OR e.created < $3)
 ORDER BY e.created, e.id
 LIMIT $4

@@ -14,7 +14,8 @@ import msgspec
 
 import ledger
 from entitlements.billing import queries
-from entitlements.billing.handlers import MONEY_EVENTS, STRIPE_KINDS
+from entitlements.billing.effects import STRIPE_KINDS
+from entitlements.billing.handlers import MONEY_EVENTS
 from entitlements.billing.schemas import (
     KindTotal,
     Mismatch,
@@ -50,9 +51,10 @@ _transactions_decoder = msgspec.json.Decoder(list[ReconciledTransaction])
 async def reconcile(
     connection: asyncpg.Pool | Connection, *, since: datetime | None, until: datetime | None
 ) -> ReconciliationOut:
-    """Every Stripe money event of the window (by Stripe's `created`) beside the ledger transactions that
-    reference it, the Stripe-kind transactions of the window (by `created_at`) that reference no event,
-    totals per kind, and every mismatch."""
+    """Every Stripe money event of the window (by Stripe's `created`), and every event of any type that has
+    not ended or ended failed, beside the ledger transactions that reference it; the Stripe-kind
+    transactions of the window (by `created_at`) that reference no event; totals per kind; and every
+    mismatch."""
     rows = await connection.fetch(
         queries.RECONCILED_EVENTS, list(MONEY_EVENTS), since, until, RECONCILIATION_EVENTS_MAX + 1
     )
@@ -74,7 +76,8 @@ async def reconcile(
             event_id=row["id"],
             type=row["type"],
             created=row["created"],
-            applied=row["applied"],
+            state=row["state"],
+            applied=row["state"] in ("applied", "applied_without_effect"),
             outcome=row["outcome"],
             last_error=row["last_error"],
             attempts=row["attempts"],
@@ -114,6 +117,7 @@ async def reconcile(
         )
     credited = sum(ledger_totals[kind] for kind in ("purchase", "subscription_grant", "clawback_reversal"))
     applied = sum(1 for event in events if event.applied)
+    failed = sum(1 for event in events if event.state == "failed")
     return ReconciliationOut(
         ok=not mismatches,
         since=since,
@@ -123,7 +127,8 @@ async def reconcile(
         totals=ReconciliationTotals(
             events=len(events),
             applied=applied,
-            not_applied=len(events) - applied,
+            not_applied=len(events) - applied - failed,
+            failed=failed,
             credited_moments=credited,
             clawed_back_moments=ledger_totals["clawback"],
             by_kind=[
@@ -143,7 +148,16 @@ async def reconcile(
 def event_mismatches(event: ReconciledEvent) -> list[Mismatch]:
     """What is wrong with one event of the window and the transactions that reference it. Pure."""
     found: list[Mismatch] = []
-    if not event.applied:
+    if event.state == "failed":
+        found.append(
+            Mismatch(
+                code="event_failed",
+                event_id=event.event_id,
+                detail=f"{event.type} failed after {event.attempts} attempt(s): {event.last_error} "
+                "(re-apply it after the fix: moments stripe reapply, or POST /v1/stripe/events/{id}/reapply)",
+            )
+        )
+    elif not event.applied:
         found.append(
             Mismatch(
                 code="event_not_applied",

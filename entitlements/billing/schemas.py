@@ -1,4 +1,4 @@
-"""Billing: the bodies of the webhook's answer, Checkout, and finance's reconciliation."""
+"""Billing: the bodies of the webhook's answer, stored events, Checkout, and finance's reconciliation."""
 
 from __future__ import annotations
 
@@ -7,13 +7,42 @@ from typing import Literal
 
 from entitlements.schemas import Struct
 
+EventState = Literal["pending", "applied", "applied_without_effect", "failed"]
+
 
 class WebhookOut(Struct, frozen=True):
     id: str
-    # applied / ignored (stored and deliberately left without effect) / duplicate (stored and applied
-    # before) / pending (stored; waits for what it refers to, retried by the sweeper).
-    status: Literal["applied", "ignored", "duplicate", "pending"]
+    # applied / applied_without_effect (understood; nothing to do) / duplicate (it had ended before) /
+    # pending (stored; waits for what it refers to, retried by the sweeper) / failed (stored; it cannot be
+    # applied as it is; an admin re-applies it after a fix).
+    status: Literal["applied", "applied_without_effect", "duplicate", "pending", "failed"]
     detail: str | None
+
+
+class StripeEventOut(Struct, frozen=True):
+    """A stored Stripe event and how far it is in its life (`state`)."""
+
+    id: str
+    type: str
+    created: datetime
+    livemode: bool
+    state: EventState
+    attempts: int
+    # Why its last attempt failed (pending, failed), and what applying it did (applied, without effect).
+    last_error: str | None
+    outcome: str | None
+    ledger_kind: str | None
+    ledger_moments: int | None
+    received_at: datetime
+    applied_at: datetime | None
+    failed_at: datetime | None
+    reapplied_at: datetime | None
+    reapplied_by: str | None
+
+
+class StripeEventPage(Struct, frozen=True):
+    items: list[StripeEventOut]
+    next_cursor: str | None
 
 
 class CheckoutCreate(Struct, frozen=True):
@@ -40,6 +69,8 @@ class ReconciledEvent(Struct, frozen=True):
     event_id: str
     type: str
     created: datetime
+    state: EventState
+    # Ended applied, with or without effect.
     applied: bool
     outcome: str | None
     last_error: str | None
@@ -52,6 +83,7 @@ class ReconciledEvent(Struct, frozen=True):
 class Mismatch(Struct, frozen=True):
     code: Literal[
         "event_not_applied",
+        "event_failed",
         "event_without_transaction",
         "transaction_without_event",
         "unexpected_transaction",
@@ -75,7 +107,9 @@ class KindTotal(Struct, frozen=True):
 class ReconciliationTotals(Struct, frozen=True):
     events: int
     applied: int
+    # Stored and not ended yet (pending), or ended failed; both are mismatches.
     not_applied: int
+    failed: int
     credited_moments: int
     clawed_back_moments: int
     by_kind: list[KindTotal]

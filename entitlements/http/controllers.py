@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
 import asyncpg
+import structlog
 from litestar import Controller, MediaType, Response, get
+from litestar.di import NamedDependency
 
 from entitlements.errors import NotReady
 from entitlements.http.deps import Pool
@@ -11,6 +16,10 @@ from entitlements.http.observability import METRICS_CONTENT_TYPE, metrics_text
 from entitlements.schemas import Struct
 
 READY_TIMEOUT_S = 2.0
+# Business gauges read from the database when /metrics is scraped (every process sees the same figures).
+METRICS_READ_TIMEOUT_S = 2.0
+MetricsReader = Callable[[asyncpg.Pool], Awaitable[None]]
+log = structlog.get_logger("moments.metrics")
 
 
 class Status(Struct, frozen=True):
@@ -34,5 +43,11 @@ class HealthController(Controller):
         return Status(status="ready")
 
     @get("/metrics", operation_id="metrics", media_type=MediaType.TEXT, description="Prometheus text format.")
-    async def metrics(self) -> Response[bytes]:
+    async def metrics(self, pool: Pool, metrics_readers: NamedDependency[Sequence[MetricsReader]]) -> Response[bytes]:
+        for read in metrics_readers:
+            try:
+                await asyncio.wait_for(read(pool), METRICS_READ_TIMEOUT_S)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+                # The HTTP figures are still worth serving; the database's keep their last values.
+                log.warning("metrics_read_failed", error=repr(error))
         return Response(metrics_text(), media_type=METRICS_CONTENT_TYPE)

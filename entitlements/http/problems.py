@@ -33,6 +33,7 @@ TYPE_BASE = "https://moments.invalid/problems/"
 STATUS_BY_CODE: dict[str, int] = {
     "idempotency_key_required": 400,
     "invalid_signature": 400,
+    "livemode_mismatch": 400,
     "unauthorized": 401,
     "insufficient_moments": 402,
     "in_debt": 402,

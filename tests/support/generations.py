@@ -154,8 +154,9 @@ async def stripe_clawback(pool: asyncpg.Pool, user: str, moments: int) -> None:
     event_id = f"evt_test_dispute_{fresh_key('d')}"
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute(
-            "INSERT INTO stripe_events (id, type, created, payload, applied_at, outcome, ledger_kind, ledger_moments) "
-            "VALUES ($1, 'charge.dispute.created', now(), '{}'::jsonb, now(), 'test clawback', 'clawback', $2)",
+            "INSERT INTO stripe_events (id, type, created, payload, state, applied_at, outcome, ledger_kind,"
+            " ledger_moments) VALUES ($1, 'charge.dispute.created', now(), '{}'::jsonb, 'applied', now(),"
+            " 'test clawback', 'clawback', $2)",
             event_id,
             moments,
         )

@@ -1,5 +1,5 @@
-"""Stripe without Stripe: a local fake of the two API calls the service makes, webhook signing exactly as
-Stripe signs, event builders in Stripe's shapes, and an in-process API wired to both.
+"""Stripe without Stripe: a local fake of the API calls the service makes, webhook signing exactly as
+Stripe signs, and an in-process API wired to both. The events themselves are in `stripe_payloads.py`.
 
 Tests never reach Stripe: the service's client points at the fake through STRIPE_API_BASE.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 from litestar.testing import AsyncTestClient
@@ -28,16 +28,11 @@ from entitlements.keys import ROLES, create_key
 from entitlements.settings import StripeSettings
 from tests.support.app import settings_for
 from tests.support.http import Api
+from tests.support.stripe_payloads import CURRENT, invoice_payment, line_item, unique
 
 WEBHOOK_SECRET = "whsec_test_moments"
 API_KEY = "sk_test_moments_fake"
-API_VERSION = "2026-10-28.endive"
-PERIOD_S = 30 * 86_400
-_ids = itertools.count(1)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{next(_ids)}_{time.monotonic_ns()}"
+_LINE_ITEMS_PATH = re.compile(r"^/v1/checkout/sessions/([A-Za-z0-9_-]+)/line_items$")
 
 
 # --- the fake API ---------------------------------------------------------------------------------------
@@ -49,34 +44,62 @@ class Recorded:
     path: str
     idempotency_key: str | None
     authorization: str | None
+    stripe_version: str | None
+    # The form body of a POST, the query of a GET.
     form: dict[str, str]
+
+
+def _missing(kind: str, object_id: str) -> tuple[int, dict[str, Any]]:
+    message = f"No such {kind}: '{object_id}'"
+    return 404, {"error": {"type": "invalid_request_error", "code": "resource_missing", "message": message}}
 
 
 @dataclass
 class FakeStripe:
-    """POST /v1/customers and POST /v1/checkout/sessions on 127.0.0.1, with Stripe's idempotency: the
-    same Idempotency-Key answers the first response again."""
+    """On 127.0.0.1, the calls the service makes, answered as Stripe answers them: POST /v1/customers and
+    POST /v1/checkout/sessions with Stripe's idempotency (the same Idempotency-Key answers the first
+    response again), GET /v1/checkout/sessions/{id}/line_items and GET /v1/invoice_payments?payment[…]
+    from what a test registered (`sell`, `pay_invoice`), 404 resource_missing for anything else."""
 
     requests: list[Recorded] = field(default_factory=list)
     # Answer the next N calls with this HTTP status and a Stripe error body.
     fail_next: int = 0
     fail_status: int = 400
     _answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    _line_items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _invoice_payments: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: str) -> tuple[int, dict[str, Any]]:
-        form = dict(parse_qsl(body, keep_blank_values=True))
+    def sell(self, session_id: str, *lines: tuple[str, int], unit_amount: int = 999) -> None:
+        """What a session made elsewhere sold: (price id, quantity) per line item."""
+        with self._lock:
+            self._line_items[session_id] = [
+                line_item(price, quantity=quantity, unit_amount=unit_amount) for price, quantity in lines
+            ]
+
+    def pay_invoice(self, invoice_id: str, payment_intent: str, *, amount: int = 1999) -> None:
+        """The InvoicePayment Stripe keeps once a payment intent paid an invoice."""
+        with self._lock:
+            self._invoice_payments.append(
+                invoice_payment(invoice_id=invoice_id, payment_intent=payment_intent, amount=amount)
+            )
+
+    def handle(self, method: str, target: str, headers: dict[str, str], body: str) -> tuple[int, dict[str, Any]]:
+        path, query = urlsplit(target).path, urlsplit(target).query
+        form = dict(parse_qsl(body if method == "POST" else query, keep_blank_values=True))
         key = headers.get("idempotency-key")
         with self._lock:
-            self.requests.append(Recorded(method, path, key, headers.get("authorization"), form))
+            self.requests.append(
+                Recorded(method, path, key, headers.get("authorization"), headers.get("stripe-version"), form)
+            )
             if self.fail_next > 0:
                 self.fail_next -= 1
-                return self.fail_status, {"error": {"type": "invalid_request_error", "message": "injected failure"}}
-            if key is not None and key in self._answers:
+                return self.fail_status, {"error": {"type": "api_error", "message": "injected failure"}}
+            if method == "POST" and key is not None and key in self._answers:
                 return self._answers[key]
             answer = self._answer(method, path, form)
-            if key is not None:
+            if method == "POST" and key is not None:
                 self._answers[key] = answer
             return answer
 
@@ -94,6 +117,18 @@ class FakeStripe:
                 "metadata": metadata,
                 "url": f"https://checkout.stripe.test/c/pay/{session_id}",
             }
+        items = _LINE_ITEMS_PATH.match(path)
+        if method == "GET" and items is not None:
+            session_id = items.group(1)
+            if session_id not in self._line_items:
+                return _missing("checkout.session", session_id)
+            limit = int(form.get("limit", "10"))
+            data = self._line_items[session_id]
+            return 200, {"object": "list", "data": data[:limit], "has_more": len(data) > limit, "url": path}
+        if (method, path) == ("GET", "/v1/invoice_payments"):
+            wanted = form.get("payment[payment_intent]")
+            found = [p for p in self._invoice_payments if p["payment"]["payment_intent"] == wanted]
+            return 200, {"object": "list", "data": found, "has_more": False, "url": path}
         return 404, {"error": {"type": "invalid_request_error", "message": f"no fake for {method} {path}"}}
 
     def calls(self, path: str) -> list[Recorded]:
@@ -115,10 +150,11 @@ def fake_stripe() -> Iterator[FakeStripe]:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length).decode()
             headers = {name.lower(): value for name, value in self.headers.items()}
-            status, answer = fake.handle(method, self.path.split("?")[0], headers, body)
+            status, answer = fake.handle(method, self.path, headers, body)
             encoded = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
+            self.send_header("stripe-version", headers.get("stripe-version") or CURRENT)
             self.send_header("content-length", str(len(encoded)))
             self.end_headers()
             self.wfile.write(encoded)
@@ -141,20 +177,27 @@ def fake_stripe() -> Iterator[FakeStripe]:
 # --- the service, wired to the fake ------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def stripe_api_for(
-    database_url: str, *, fake: FakeStripe | None = None, api_key: str | None = API_KEY
-) -> AsyncIterator[Api]:
-    """The app with the webhook secret set and, when `fake` is given, outgoing calls pointed at it."""
-    base = settings_for(database_url)
-    stripe_settings = StripeSettings(
+def stripe_settings_for(fake: FakeStripe | None, *, api_key: str | None = API_KEY, **changes: Any) -> StripeSettings:
+    """Test mode, the test webhook secret, and outgoing calls to `fake` (or, without one, no API key and a
+    closed local port, so nothing can reach Stripe by mistake); `changes` override any setting."""
+    settings = StripeSettings(
         api_key=api_key if fake is not None else None,
         webhook_secret=WEBHOOK_SECRET,
-        api_base=fake.url if fake is not None else "http://127.0.0.1:9",  # never Stripe, even by mistake
+        api_base=fake.url if fake is not None else "http://127.0.0.1:9",
         webhook_tolerance_s=300,
         success_url="https://app.test/checkout/success",
         cancel_url="https://app.test/checkout/cancel",
     )
+    return dataclasses.replace(settings, **changes)
+
+
+@asynccontextmanager
+async def stripe_api_for(
+    database_url: str, *, fake: FakeStripe | None = None, api_key: str | None = API_KEY, **changes: Any
+) -> AsyncIterator[Api]:
+    """The app with the webhook secret set and, when `fake` is given, outgoing calls pointed at it."""
+    base = settings_for(database_url)
+    stripe_settings = stripe_settings_for(fake, api_key=api_key, **changes)
     app = create_app(dataclasses.replace(base, stripe=stripe_settings))
     connection = await asyncpg.connect(database_url)
     try:
@@ -172,220 +215,31 @@ async def stripe_api_for(
 
 def sign(payload: str, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
     """The Stripe-Signature header Stripe would send: t=<unix time>,v1=<hex HMAC-SHA256 of "t.payload">."""
+    return sign_bytes(payload.encode(), secret=secret, timestamp=timestamp)
+
+
+def sign_bytes(payload: bytes, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+    """`sign` over raw bytes, for bodies that are not UTF-8 (Stripe's HMAC is over the bytes)."""
     timestamp = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
 
 
 async def deliver(api: Api, event: dict[str, Any], *, signature: str | None = "sign", **sign_options: Any) -> Any:
     """POSTs the event as Stripe would: the exact bytes signed, then sent."""
-    payload = json.dumps(event, separators=(",", ":"))
+    return await deliver_bytes(
+        api, json.dumps(event, separators=(",", ":")).encode(), signature=signature, **sign_options
+    )
+
+
+async def deliver_bytes(api: Api, payload: bytes, *, signature: str | None = "sign", **sign_options: Any) -> Any:
+    """POSTs any body, correctly signed unless `signature` says otherwise."""
     headers = {"content-type": "application/json"}
     if signature == "sign":
-        headers["stripe-signature"] = sign(payload, **sign_options)
+        headers["stripe-signature"] = sign_bytes(payload, **sign_options)
     elif signature is not None:
         headers["stripe-signature"] = signature
-    return await api.client.post("/v1/stripe/webhook", content=payload.encode(), headers=headers)
-
-
-# --- events in Stripe's shapes ---------------------------------------------------------------------------
-
-
-def now_s() -> int:
-    return int(time.time())
-
-
-def envelope(
-    event_type: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None
-) -> dict[str, Any]:
-    return {
-        "id": event_id or unique("evt"),
-        "object": "event",
-        "api_version": API_VERSION,
-        "created": now_s() if created is None else created,
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": event_type,
-        "data": {"object": obj},
-    }
-
-
-def subscription_event(
-    event_type: str = "customer.subscription.updated",
-    *,
-    subscription_id: str = "sub_1",
-    customer: str = "cus_1",
-    status: str = "active",
-    price: str = "price_premium_monthly",
-    period_end: int | None = None,
-    cancel_at_period_end: bool = False,
-    user_id: str | None = None,
-    created: int | None = None,
-    event_id: str | None = None,
-    period_on_item: bool = True,
-) -> dict[str, Any]:
-    """A subscription; since 2025-03-31.basil the period is on the item (`period_on_item`), before on the
-    subscription itself."""
-    period_end = now_s() + PERIOD_S if period_end is None else period_end
-    item: dict[str, Any] = {
-        "id": "si_" + subscription_id,
-        "object": "subscription_item",
-        "price": {"id": price, "object": "price", "recurring": {"interval": "month"}},
-        "quantity": 1,
-    }
-    subscription: dict[str, Any] = {
-        "id": subscription_id,
-        "object": "subscription",
-        "customer": customer,
-        "status": status,
-        "cancel_at_period_end": cancel_at_period_end,
-        "cancel_at": period_end if cancel_at_period_end else None,
-        "items": {"object": "list", "data": [item], "has_more": False},
-        "metadata": {"user_id": user_id} if user_id else {},
-    }
-    if period_on_item:
-        item["current_period_start"] = period_end - PERIOD_S
-        item["current_period_end"] = period_end
-    else:
-        subscription["current_period_start"] = period_end - PERIOD_S
-        subscription["current_period_end"] = period_end
-    return envelope(event_type, subscription, event_id=event_id, created=created)
-
-
-def invoice_paid_event(
-    *,
-    invoice_id: str | None = None,
-    customer: str = "cus_1",
-    subscription_id: str = "sub_1",
-    price: str = "price_premium_monthly",
-    period_end: int | None = None,
-    basil: bool = True,
-    user_id: str | None = None,
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    """invoice.paid; `basil` (2025-03-31 and later) names the subscription under parent.subscription_details
-    and the line's price under pricing.price_details; before, at the top level and line.price."""
-    period_end = now_s() + PERIOD_S if period_end is None else period_end
-    invoice_id = invoice_id or unique("in")
-    line: dict[str, Any] = {
-        "id": unique("il"),
-        "object": "line_item",
-        "amount": 1999,
-        "period": {"start": period_end - PERIOD_S, "end": period_end},
-    }
-    invoice: dict[str, Any] = {
-        "id": invoice_id,
-        "object": "invoice",
-        "customer": customer,
-        "status": "paid",
-        "amount_paid": 1999,
-        "currency": "usd",
-        "billing_reason": "subscription_cycle",
-        "lines": {"object": "list", "data": [line], "has_more": False},
-    }
-    metadata = {"user_id": user_id} if user_id else {}
-    if basil:
-        line["pricing"] = {"type": "price_details", "price_details": {"price": price, "product": "prod_1"}}
-        line["parent"] = {
-            "type": "subscription_item_details",
-            "subscription_item_details": {
-                "proration": False,
-                "subscription": subscription_id,
-                "subscription_item": "si_1",
-            },
-        }
-        invoice["parent"] = {
-            "type": "subscription_details",
-            "subscription_details": {"subscription": subscription_id, "metadata": metadata},
-        }
-    else:
-        line["price"] = {"id": price, "object": "price"}
-        line["proration"] = False
-        invoice["subscription"] = subscription_id
-        invoice["subscription_details"] = {"metadata": metadata}
-    return envelope("invoice.paid", invoice, event_id=event_id)
-
-
-def checkout_completed_event(
-    *,
-    session_id: str | None = None,
-    customer: str = "cus_1",
-    user_id: str | None = None,
-    pack: str | None = "pack_1000",
-    payment_intent: str = "pi_1",
-    amount_total: int = 999,
-    payment_status: str = "paid",
-    mode: str = "payment",
-    event_type: str = "checkout.session.completed",
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    metadata: dict[str, str] = {}
-    if user_id:
-        metadata["user_id"] = user_id
-    if pack:
-        metadata["pack"] = pack
-    session = {
-        "id": session_id or unique("cs_test"),
-        "object": "checkout.session",
-        "mode": mode,
-        "status": "complete",
-        "payment_status": payment_status,
-        "customer": customer,
-        "client_reference_id": user_id,
-        "metadata": metadata,
-        "payment_intent": payment_intent if mode == "payment" else None,
-        "subscription": "sub_1" if mode == "subscription" else None,
-        "amount_total": amount_total,
-        "currency": "usd",
-    }
-    return envelope(event_type, session, event_id=event_id)
-
-
-def charge_refunded_event(
-    *,
-    charge_id: str = "ch_1",
-    payment_intent: str = "pi_1",
-    amount: int = 999,
-    amount_refunded: int,
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    charge = {
-        "id": charge_id,
-        "object": "charge",
-        "amount": amount,
-        "amount_captured": amount,
-        "amount_refunded": amount_refunded,
-        "refunded": amount_refunded >= amount,
-        "currency": "usd",
-        "payment_intent": payment_intent,
-        "customer": "cus_1",
-        "status": "succeeded",
-    }
-    return envelope("charge.refunded", charge, event_id=event_id)
-
-
-def dispute_event(
-    event_type: str,
-    *,
-    dispute_id: str = "dp_1",
-    charge_id: str = "ch_1",
-    payment_intent: str = "pi_1",
-    status: str = "needs_response",
-    amount: int = 999,
-    event_id: str | None = None,
-) -> dict[str, Any]:
-    dispute = {
-        "id": dispute_id,
-        "object": "dispute",
-        "amount": amount,
-        "currency": "usd",
-        "charge": charge_id,
-        "payment_intent": payment_intent,
-        "reason": "fraudulent",
-        "status": status,
-    }
-    return envelope(event_type, dispute, event_id=event_id)
+    return await api.client.post("/v1/stripe/webhook", content=payload, headers=headers)
 
 
 async def link_customer(pool: asyncpg.Pool, customer: str, user_id: str) -> None:

@@ -173,6 +173,9 @@ def test_a_bad_log_format_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
         ("APPROVAL_TTL_S", 60, 90 * 86_400),
         ("CONSOLE_SESSION_IDLE_S", 60, 86_400),
         ("CONSOLE_SESSION_ABSOLUTE_S", 300, 30 * 86_400),
+        ("STRIPE_EVENT_ATTEMPTS_MAX", 1, 100),
+        ("STRIPE_EVENT_DEPTH_MAX", 16, 512),
+        ("STRIPE_LOOKUP_RETRIES_MAX", 0, 5),
     ],
 )
 def test_limits_are_accepted_at_their_bounds_and_refused_past_them(
@@ -220,3 +223,44 @@ def test_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.stripe.api_key == "sk_test_secret_value_123"
     assert settings.stripe.webhook_secret == "whsec_secret_value_456"
     assert "secret_value" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("key", "explicit", "live"),
+    [
+        (None, None, False),
+        ("sk_test_abc", None, False),
+        ("rk_test_abc", None, False),
+        ("sk_live_abc", None, True),
+        ("rk_live_abc", None, True),
+        ("sk_live_abc", "true", True),
+        (None, "true", True),
+        ("custom-key", "false", False),
+    ],
+)
+def test_the_stripe_mode_is_the_keys_or_stripe_livemode(
+    monkeypatch: pytest.MonkeyPatch, key: str | None, explicit: str | None, live: bool
+) -> None:
+    if key is not None:
+        monkeypatch.setenv("STRIPE_API_KEY", key)
+    if explicit is not None:
+        monkeypatch.setenv("STRIPE_LIVEMODE", explicit)
+    assert Settings.from_env().stripe.livemode is live
+
+
+@pytest.mark.parametrize(("key", "explicit"), [("sk_live_abc", "false"), ("sk_test_abc", "true"), ("custom", None)])
+def test_a_mode_that_contradicts_the_key_or_cannot_be_told_is_refused(
+    monkeypatch: pytest.MonkeyPatch, key: str, explicit: str | None
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", key)
+    if explicit is not None:
+        monkeypatch.setenv("STRIPE_LIVEMODE", explicit)
+    with pytest.raises(SettingsError, match="STRIPE_LIVEMODE"):
+        Settings.from_env()
+
+
+def test_the_stripe_event_limits_default() -> None:
+    stripe = Settings.from_env().stripe
+    assert (stripe.event_attempts_max, stripe.event_depth_max) == (20, 64)
+    assert (stripe.lookup_timeout_s, stripe.lookup_retries_max) == (5.0, 1)
+    assert stripe.livemode is False

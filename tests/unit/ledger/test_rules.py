@@ -542,6 +542,45 @@ def test_clawback_ignores_an_expired_named_lot_and_unknown_lots() -> None:
     assert remaining(state2) == {2: 7}
 
 
+def test_clawback_unspent_takes_a_share_of_one_lot_only_rounded_down_never_debt() -> None:
+    state = make_state(
+        make_lot(1, "subscription", 3000, remaining=2001, expires_at=minutes(60)), make_lot(2, "paid", 50)
+    )
+    postings = rules.clawback_unspent(state, lot_id=1, numerator=1, denominator=2, now=NOW)
+    assert postings is not None
+    assert assert_sound(state, postings) == {AVAILABLE: -1000, CLAWBACK: 1000}
+    assert remaining(state) == {1: 1001, 2: 50}
+    # The whole rest of it: exactly what is left, the other lot untouched, no debt.
+    postings = rules.clawback_unspent(state, lot_id=1, numerator=7, denominator=7, now=NOW)
+    assert postings is not None
+    assert assert_sound(state, postings) == {AVAILABLE: -1001, CLAWBACK: 1001}
+    assert remaining(state) == {1: 0, 2: 50}
+    assert state.owed == 0
+
+
+def test_clawback_unspent_of_a_spent_expired_or_unknown_lot_is_nothing() -> None:
+    state = make_state(
+        make_lot(1, "subscription", 10, remaining=0, expires_at=minutes(60)),
+        make_lot(2, "subscription", 10, expires_at=minutes(-1)),
+        make_lot(3, "subscription", 1, expires_at=minutes(60)),
+    )
+    assert rules.clawback_unspent(state, lot_id=1, numerator=1, denominator=1, now=NOW) is None
+    assert rules.clawback_unspent(state, lot_id=2, numerator=1, denominator=1, now=NOW) is None
+    assert rules.clawback_unspent(state, lot_id=999, numerator=1, denominator=1, now=NOW) is None
+    # A share that rounds down to nothing takes nothing.
+    assert rules.clawback_unspent(state, lot_id=3, numerator=1, denominator=2, now=NOW) is None
+    assert remaining(state) == {1: 0, 2: 10, 3: 1}
+
+
+@pytest.mark.parametrize(("numerator", "denominator"), [(0, 1), (2, 1), (-1, 1), (1, 0), (True, 1)])
+def test_clawback_unspent_needs_a_share_between_nothing_and_all(numerator: int, denominator: int) -> None:
+    operation = ops.ClawbackUnspent(
+        key="k", user_id="u1", actor="a", lot_id=1, numerator=numerator, denominator=denominator
+    )
+    with pytest.raises(rules.InvalidOperation, match="numerator"):
+        ops.validate(operation)
+
+
 def test_debt_blocks_new_holds_until_repaid() -> None:
     state = make_state(make_lot(1, "paid", 10), owed=5)
     with pytest.raises(rules.InDebt) as refused:
@@ -688,6 +727,7 @@ OPERATIONS: list[ops.AnyOperation] = [
     ops.ExpireLots(key="k", user_id="u1", actor="a"),
     ops.Clawback(key="k", user_id="u1", actor="a", amount=1000),
     ops.Clawback(key="k", user_id="u1", actor="a", amount=1000, lot_id=4),
+    ops.ClawbackUnspent(key="k", user_id="u1", actor="a", lot_id=4, numerator=1, denominator=3),
 ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -11,15 +11,9 @@ import pytest
 
 from tests.support.generations import assert_audit_ok
 from tests.support.http import Api
-from tests.support.stripe_fake import API_KEY, FakeStripe, fake_stripe, stripe_api_for
+from tests.support.stripe_fake import API_KEY, FakeStripe, stripe_api_for
 
 PATH = "/v1/users/{user}/checkout-sessions"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    with fake_stripe() as server:
-        yield server
 
 
 @pytest.fixture

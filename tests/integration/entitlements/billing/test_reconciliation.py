@@ -12,15 +12,13 @@ import pytest
 import ledger
 from tests.support.generations import assert_audit_ok
 from tests.support.http import Api
-from tests.support.stripe_fake import (
+from tests.support.stripe_fake import deliver, link_customer, stripe_api_for
+from tests.support.stripe_payloads import (
     charge_refunded_event,
     checkout_completed_event,
-    deliver,
     dispute_event,
-    envelope,
+    event,
     invoice_paid_event,
-    link_customer,
-    stripe_api_for,
     subscription_event,
 )
 
@@ -53,10 +51,10 @@ async def some_stripe_history(api: Api, pool: asyncpg.Pool) -> dict[str, dict[st
         "refund": charge_refunded_event(amount_refunded=333),  # -333 clawback
         "dispute": dispute_event("charge.dispute.created"),  # -667 clawback
         "won": dispute_event("charge.dispute.closed", status="won"),  # +667 clawback_reversal
-        "other": envelope("customer.updated", {"id": "cus_1", "object": "customer", "metadata": {}}),
+        "other": event("customer.updated", {"id": "cus_1", "object": "customer", "metadata": {}}),
     }
-    for event in events.values():
-        response = await deliver(api, event)
+    for sent in events.values():
+        response = await deliver(api, sent)
         assert response.status_code == 200, response.text
     return events
 
@@ -146,8 +144,8 @@ async def test_an_event_marked_applied_without_its_transaction_is_a_mismatch(api
     await some_stripe_history(api, pool)
     await pool.execute(
         """
-        INSERT INTO stripe_events (id, type, created, payload, applied_at, outcome, ledger_kind, ledger_moments)
-        VALUES ('evt_forged', 'invoice.paid', now(), '{}', now(), 'forged', 'subscription_grant', 3000)
+        INSERT INTO stripe_events (id, type, created, payload, state, applied_at, outcome, ledger_kind, ledger_moments)
+        VALUES ('evt_forged', 'invoice.paid', now(), '{}', 'applied', now(), 'forged', 'subscription_grant', 3000)
         """
     )
     report = await reconciliation(api)

@@ -266,7 +266,7 @@ def test_the_stripe_webhook_documents_its_signature_header_and_answers(document:
     assert headers["Stripe-Signature"]["required"] is True
     assert operation["requestBody"]["content"]["application/json"]["schema"]["type"] == "object"
     assert {"200", "202", "400", "413", "422", "503"} <= set(operation["responses"])
-    assert problem_codes_of(operation["responses"]["400"]) == {"invalid_signature"}
+    assert problem_codes_of(operation["responses"]["400"]) == {"invalid_signature", "livemode_mismatch"}
     assert "stripe_not_configured" in problem_codes_of(operation["responses"]["503"])
 
 

@@ -1,4 +1,4 @@
-"""The Stripe event decisions of entitlements.billing.handlers, pure: no database, no Stripe.
+"""The Stripe event decisions of entitlements.billing.handlers and .clawbacks, pure: no database, no Stripe.
 
 Each handler reads the stored state, calls one of these, and performs what it decided; the integration
 tests (tests/integration/entitlements/billing/) cover the performing against PostgreSQL.
@@ -16,21 +16,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pricing
+from entitlements.billing.clawbacks import (
+    Paid,
+    RecordedDispute,
+    dispute_shares,
+    dispute_step,
+    proportional_shares,
+    refund_decision,
+    refund_moments,
+    refund_share,
+)
+from entitlements.billing.effects import Effect, NotYetApplicable, customer_owner
 from entitlements.billing.events import Charge, CheckoutSession, Invoice, Subscription
 from entitlements.billing.handlers import (
     Allowance,
-    Effect,
-    NotYetApplicable,
-    Purchase,
-    RecordedDispute,
     SubscriptionState,
-    customer_owner,
-    dispute_closing,
-    dispute_shares,
     invoice_allowance,
-    purchased_pack,
-    refund_decision,
-    refund_moments,
+    session_packs,
     subscription_change,
     subscription_update_refusal,
 )
@@ -40,8 +42,8 @@ NOW = datetime(2025, 6, 1, tzinfo=UTC)
 NOW_S = int(NOW.timestamp())
 
 
-def ignored_because(result: object, words: str) -> bool:
-    return isinstance(result, Effect) and result.ignored and words in result.outcome
+def without_effect_because(result: object, words: str) -> bool:
+    return isinstance(result, Effect) and result.without_effect and words in result.outcome
 
 
 # --- customers -----------------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ def test_customer_owner_prefers_the_mapping_and_falls_back_to_the_metadata() -> 
 def test_customer_owner_waits_when_the_mapping_and_the_metadata_disagree_or_neither_is_known() -> None:
     with pytest.raises(NotYetApplicable, match="belongs to 'u1' but the object's metadata names 'u2'"):
         customer_owner("cus_1", "u1", "u2")
-    with pytest.raises(NotYetApplicable, match="unknown customer cus_1"):
+    with pytest.raises(NotYetApplicable, match="unknown buyer: customer cus_1"):
         customer_owner("cus_1", None, None)
 
 
@@ -136,12 +138,18 @@ def test_a_tier_giving_status_waits_for_a_price_the_catalog_knows() -> None:
 # --- invoices: the period's allowance ------------------------------------------------------------------------
 
 
-def line(price: str, end: int, *, proration: bool = False) -> dict[str, Any]:
+def line(price: str, end: int, *, proration: bool = False, parent: str = "subscription_item_details") -> dict[str, Any]:
+    """A line as since basil: its kind and proration under `parent`, its price under `pricing`."""
     return {
         "period": {"start": end - 3600, "end": end},
         "pricing": {"price_details": {"price": price}},
-        "parent": {"subscription_item_details": {"proration": proration, "subscription": "sub_1"}},
+        "parent": {"type": parent, parent: {"proration": proration, "subscription": "sub_1"}},
     }
+
+
+def legacy_line(price: str, end: int, *, proration: bool = False, kind: str = "subscription") -> dict[str, Any]:
+    """A line as before basil: `price`, `proration` and `type` on the line itself."""
+    return {"period": {"start": end - 3600, "end": end}, "price": {"id": price}, "proration": proration, "type": kind}
 
 
 def invoice(*lines: dict[str, Any], subscription_id: str | None = "sub_1") -> Invoice:
@@ -149,11 +157,12 @@ def invoice(*lines: dict[str, Any], subscription_id: str | None = "sub_1") -> In
     return msgspec.convert({"id": "in_1", "parent": parent, "lines": {"data": list(lines)}}, Invoice)
 
 
-def test_the_allowance_is_the_tier_of_the_latest_non_proration_line_until_its_period_end() -> None:
+def test_the_allowance_is_the_tier_of_the_latest_subscription_line_until_its_period_end() -> None:
     paid = invoice(
         line("price_premium_monthly", NOW_S + 100),
         line("price_ultimate_monthly", NOW_S + 200),
         line("price_premium_monthly", NOW_S + 300, proration=True),
+        line("price_premium_monthly", NOW_S + 400, parent="invoice_item_details"),
     )
     ultimate = CATALOG.tier("ULTIMATE")
     assert ultimate is not None
@@ -162,11 +171,52 @@ def test_the_allowance_is_the_tier_of_the_latest_non_proration_line_until_its_pe
     )
 
 
+@pytest.mark.parametrize(
+    "prorations",
+    [
+        [line("price_ultimate_monthly", NOW_S + 100, proration=True)],
+        [line("price_ultimate_monthly", NOW_S + 100, proration=True, parent="invoice_item_details")],
+        [
+            line("price_premium_monthly", NOW_S + 100, proration=True, parent="invoice_item_details"),
+            line("price_ultimate_monthly", NOW_S + 100, proration=True, parent="invoice_item_details"),
+        ],
+        [legacy_line("price_ultimate_monthly", NOW_S + 100, proration=True, kind="invoiceitem")],
+        [legacy_line("price_ultimate_monthly", NOW_S + 100, proration=True)],
+    ],
+    ids=["subscription-item", "invoice-item", "credit-and-debit", "legacy-invoiceitem", "legacy-subscription"],
+)
+def test_an_invoice_of_only_prorations_grants_nothing_under_either_parent(prorations: list[dict[str, Any]]) -> None:
+    result = invoice_allowance(invoice(*prorations), CATALOG, NOW)
+    assert without_effect_because(result, "has only proration lines")
+
+
+def test_a_proration_line_is_one_under_either_parent_or_the_legacy_flag() -> None:
+    # Stripe's own fixture of a line names both parents; the proration of either counts.
+    both = {
+        "period": {"start": NOW_S, "end": NOW_S + 100},
+        "pricing": {"price_details": {"price": "price_ultimate_monthly"}},
+        "parent": {
+            "type": "subscription_item_details",
+            "invoice_item_details": {"proration": True},
+            "subscription_item_details": {"proration": False, "subscription": "sub_1"},
+        },
+    }
+    assert without_effect_because(invoice_allowance(invoice(both), CATALOG, NOW), "only proration lines")
+
+
+def test_one_off_invoice_items_never_grant() -> None:
+    items = invoice(
+        line("price_ultimate_monthly", NOW_S + 100, parent="invoice_item_details"),
+        legacy_line("price_ultimate_monthly", NOW_S + 100, kind="invoiceitem"),
+    )
+    assert without_effect_because(invoice_allowance(items, CATALOG, NOW), "no subscription line with a price")
+
+
 def test_an_invoice_of_no_subscription_or_of_an_ended_period_grants_nothing() -> None:
     unsubscribed = invoice(line("price_premium_monthly", NOW_S + 100), subscription_id=None)
-    assert ignored_because(invoice_allowance(unsubscribed, CATALOG, NOW), "not a subscription invoice")
+    assert without_effect_because(invoice_allowance(unsubscribed, CATALOG, NOW), "not a subscription invoice")
     ended = invoice(line("price_premium_monthly", NOW_S))
-    assert ignored_because(invoice_allowance(ended, CATALOG, NOW), "its allowance would expire at once")
+    assert without_effect_because(invoice_allowance(ended, CATALOG, NOW), "its allowance would expire at once")
 
 
 def test_a_tier_without_allowance_grants_nothing() -> None:
@@ -174,44 +224,40 @@ def test_a_tier_without_allowance_grants_nothing() -> None:
     assert premium is not None
     catalog = pricing.Catalog(tiers=(msgspec.structs.replace(premium, monthly_allowance_moments=0),), packs=())
     paid = invoice(line("price_premium_monthly", NOW_S + 100))
-    assert ignored_because(invoice_allowance(paid, catalog, NOW), "tier PREMIUM has no allowance")
+    assert without_effect_because(invoice_allowance(paid, catalog, NOW), "tier PREMIUM has no allowance")
 
 
-def test_an_invoice_waits_for_a_line_with_a_price_the_catalog_knows() -> None:
-    with pytest.raises(NotYetApplicable, match="has no subscription line with a price"):
-        invoice_allowance(invoice(line("price_premium_monthly", NOW_S + 100, proration=True)), CATALOG, NOW)
+def test_an_invoice_waits_for_a_price_the_catalog_knows_and_grants_nothing_without_a_priced_line() -> None:
     with pytest.raises(NotYetApplicable, match="price price_x is not a tier's"):
         invoice_allowance(invoice(line("price_x", NOW_S + 100)), CATALOG, NOW)
+    unpriced = invoice({"period": {"start": NOW_S, "end": NOW_S + 100}, "pricing": {"type": "price_details"}})
+    assert without_effect_because(invoice_allowance(unpriced, CATALOG, NOW), "no subscription line with a price")
 
 
 # --- checkout: moment packs ----------------------------------------------------------------------------------
 
 
-def session(
-    metadata: dict[str, str] | None = None, prices: tuple[str, ...] = (), payment_status: str = "paid"
-) -> CheckoutSession:
-    fields: dict[str, Any] = {"id": "cs_1", "mode": "payment", "payment_status": payment_status, "metadata": metadata}
-    if prices:
-        fields["line_items"] = {"data": [{"price": {"id": price}} for price in prices]}
+def session(metadata: dict[str, str] | None = None) -> CheckoutSession:
+    fields: dict[str, Any] = {"id": "cs_1", "mode": "payment", "payment_status": "paid", "metadata": metadata}
     return msgspec.convert(fields, CheckoutSession)
 
 
-def test_the_pack_is_the_metadata_pack_else_the_first_known_lines_price() -> None:
-    assert purchased_pack(session({"pack": "pack_5000"}, ("price_pack_1000",)), CATALOG) == CATALOG.pack("pack_5000")
-    assert purchased_pack(session(None, ("price_x", "price_pack_1000")), CATALOG) == CATALOG.pack("pack_1000")
+def test_the_packs_are_the_metadata_pack_else_every_line_items_price_with_its_quantity() -> None:
+    pack_1000, pack_5000 = CATALOG.pack("pack_1000"), CATALOG.pack("pack_5000")
+    assert session_packs(session({"pack": "pack_5000"}), CATALOG, [("price_pack_1000", 1)]) == [(pack_5000, 1)]
+    lines = [("price_pack_1000", 3), ("price_pack_5000", 1), ("price_pack_1000", 2)]
+    assert session_packs(session(), CATALOG, lines) == [(pack_1000, 5), (pack_5000, 1)]
 
 
-def test_a_pack_the_catalog_does_not_know_waits_even_when_a_line_names_a_known_one() -> None:
+def test_a_paid_session_that_matches_no_pack_waits_it_is_never_without_effect() -> None:
     with pytest.raises(NotYetApplicable, match="pack pack_x is not in pricing/catalog"):
-        purchased_pack(session({"pack": "pack_x"}, ("price_pack_1000",)), CATALOG)
-    with pytest.raises(NotYetApplicable, match=r"pack \['price_x'\] is not in"):
-        purchased_pack(session(None, ("price_x",)), CATALOG)
-
-
-def test_a_session_naming_no_pack_or_not_paid_yet_credits_nothing() -> None:
-    assert ignored_because(purchased_pack(session(), CATALOG), "names no moment pack")
-    unpaid = session({"pack": "pack_1000"}, payment_status="unpaid")
-    assert ignored_because(purchased_pack(unpaid, CATALOG), "async_payment_succeeded credits it once paid")
+        session_packs(session({"pack": "pack_x"}), CATALOG, None)
+    with pytest.raises(NotYetApplicable, match="price_x match no moment pack"):
+        session_packs(session(), CATALOG, [("price_pack_1000", 1), ("price_x", 1)])
+    with pytest.raises(NotYetApplicable, match="None match no moment pack"):
+        session_packs(session(), CATALOG, [(None, 1)])
+    with pytest.raises(NotYetApplicable, match="has no line item"):
+        session_packs(session(), CATALOG, [])
 
 
 # --- refunds -------------------------------------------------------------------------------------------------
@@ -232,14 +278,16 @@ def test_refund_moments_of_a_free_purchase_are_all_or_nothing() -> None:
     assert refund_moments(1000, 0, 0) == 0
 
 
-PURCHASE = Purchase(
-    checkout_session_id="cs_1",
+PURCHASE = Paid(
+    kind="pack",
+    key="cs_1",
     charge_id="ch_1",
     user_id="u1",
-    pack_id="pack_1000",
+    label="pack_1000",
     moments=1000,
     amount_paid=999,
     lot_id=7,
+    expires_at=None,
     amount_refunded=0,
     refund_moments=0,
     dispute_moments=0,
@@ -316,26 +364,120 @@ def test_dispute_shares_never_take_more_than_asked_nor_than_a_dispute_holds(held
     assert all(0 < take <= dict(disputes)[dispute_id] for dispute_id, take in shares)
 
 
+def test_an_allowance_refund_takes_its_share_of_what_was_not_refunded_before() -> None:
+    assert refund_share(1999, 999, 0) == (999, 1999)
+    # The rest: all of what was not refunded before, so everything still unspent goes.
+    assert refund_share(1999, 1999, 999) == (1000, 1000)
+    assert refund_share(1999, 5000, 999) == (1000, 1000)  # never past the charge
+    assert refund_share(1999, 999, 999) is None  # redelivered
+    assert refund_share(1999, 500, 999) is None  # older than what was applied
+    assert refund_share(0, 1, 0) is None
+
+
+def test_open_disputes_of_an_allowance_give_up_the_refunds_share_of_what_they_hold() -> None:
+    assert proportional_shares([("dp_1", 1000), ("dp_2", 3)], (1, 2)) == [("dp_1", 500), ("dp_2", 1)]
+    assert proportional_shares([("dp_1", 1)], (1, 3)) == []
+
+
+@given(
+    amount=st.integers(1, 10_000), refunds=st.lists(st.integers(0, 12_000), max_size=6), unspent=st.integers(0, 10**6)
+)
+def test_cumulative_allowance_refunds_take_at_most_what_is_unspent_and_all_of_it_on_a_full_refund(
+    amount: int, refunds: list[int], unspent: int
+) -> None:
+    refunded, left = 0, unspent
+    for amount_refunded in [*sorted(refunds), amount]:
+        share = refund_share(amount, amount_refunded, refunded)
+        if share is None:
+            continue
+        added, rest = share
+        assert 0 < added <= rest
+        left -= left * added // rest
+        refunded = min(amount_refunded, amount)
+    assert left == 0
+
+
 OPEN = RecordedDispute(status="open", moments=750)
+LOST = RecordedDispute(status="lost", moments=750)
+WON = RecordedDispute(status="won", moments=750)
 
 
 @pytest.mark.parametrize(
-    ("closed_as", "recorded", "expected"),
+    ("status", "recorded", "expected"),
     [
-        ("won", OPEN, "won"),
-        ("warning_closed", OPEN, "won"),
-        ("prevented", OPEN, "won"),
-        ("lost", OPEN, "lost"),
-        ("won", None, "won_before_opening"),
-        ("lost", None, "lost_before_opening"),
+        ("needs_response", None, "take"),
+        ("warning_needs_response", None, "take"),
+        ("lost", None, "take_lost"),
+        ("won", None, "record_won"),
+        ("prevented", None, "record_won"),
+        ("won", OPEN, "release"),
+        ("warning_closed", OPEN, "release"),
+        ("lost", OPEN, "mark_lost"),
+        # An appeal: lost, fought again, and won at last gives the moments back.
+        ("won", LOST, "release"),
     ],
 )
-def test_closing_a_dispute(closed_as: str, recorded: RecordedDispute | None, expected: str) -> None:
-    assert dispute_closing("dp_1", closed_as, recorded) == expected
+def test_a_dispute_moves_forwards_to_the_status_its_event_carries(
+    status: str, recorded: RecordedDispute | None, expected: str
+) -> None:
+    assert dispute_step("dp_1", status, recorded) == expected
 
 
-def test_closing_a_dispute_twice_or_as_neither_won_nor_lost_does_nothing() -> None:
-    for recorded in (RecordedDispute(status="won", moments=0), RecordedDispute(status="lost", moments=750)):
-        assert ignored_because(dispute_closing("dp_1", "won", recorded), f"already closed as {recorded.status}")
-    assert ignored_because(dispute_closing("dp_1", "warning_needs_response", OPEN), "closed as warning_needs")
-    assert ignored_because(dispute_closing("dp_1", "under_review", None), "closed as under_review")
+@pytest.mark.parametrize(
+    ("status", "recorded", "words"),
+    [
+        ("under_review", OPEN, "recorded open"),
+        ("appeal_needs_response", LOST, "recorded lost, its clawback of 750 stands"),
+        ("appeal_under_review", LOST, "recorded lost"),
+        ("needs_response", LOST, "recorded lost"),
+        ("lost", LOST, "already lost"),
+        ("won", WON, "already won"),
+        ("lost", WON, "already won"),
+        ("needs_response", WON, "already won"),
+        ("charge_refunded", OPEN, "not a status this service acts on"),
+    ],
+)
+def test_a_dispute_never_moves_backwards_nor_twice(status: str, recorded: RecordedDispute, words: str) -> None:
+    assert without_effect_because(dispute_step("dp_1", status, recorded), words)
+
+
+STATUS_SEQUENCES = [
+    ["needs_response", "under_review", "won"],
+    ["needs_response", "under_review", "lost"],
+    ["needs_response", "lost", "appeal_needs_response", "appeal_under_review", "won"],
+    ["warning_needs_response", "warning_under_review", "warning_closed"],
+]
+
+
+@pytest.mark.parametrize("sequence", STATUS_SEQUENCES)
+@given(data=st.data())
+def test_a_disputes_events_in_any_order_take_at_most_once_and_give_back_at_most_once(
+    sequence: list[str], data: st.DataObject
+) -> None:
+    order = data.draw(st.permutations(sequence))
+    recorded: RecordedDispute | None = None
+    takes = releases = 0
+    for status in order:
+        step = dispute_step("dp_1", status, recorded)
+        if step in ("take", "take_lost"):
+            takes += 1
+            recorded = RecordedDispute(status="open" if step == "take" else "lost", moments=750)
+        elif step == "record_won":
+            recorded = RecordedDispute(status="won", moments=0)
+        elif step == "mark_lost":
+            recorded = replace_status(recorded, "lost")
+        elif step == "release":
+            releases += 1
+            recorded = replace_status(recorded, "won")
+    assert takes <= 1
+    assert releases <= takes
+    # Whatever the order, it ends where its last status says (won is final).
+    final = sequence[-1]
+    assert recorded is not None
+    assert recorded.status == ("lost" if final == "lost" else "won")
+    assert releases == (1 if final != "lost" and takes == 1 else 0)
+
+
+def replace_status(recorded: RecordedDispute | None, status: str) -> RecordedDispute:
+    assert recorded is not None
+    return replace(recorded, status=status)  # type: ignore[arg-type]

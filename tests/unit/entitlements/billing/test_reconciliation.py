@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from entitlements.billing.reconciliation import event_mismatches
-from entitlements.billing.schemas import ReconciledEvent, ReconciledTransaction
+from entitlements.billing.schemas import EventState, ReconciledEvent, ReconciledTransaction
 
 AT = datetime(2025, 6, 1, tzinfo=UTC)
 
@@ -18,14 +18,16 @@ def transaction(transaction_id: int = 1, kind: str = "purchase", moments: int = 
 
 def event(
     *transactions: ReconciledTransaction,
-    applied: bool = True,
+    state: EventState = "applied",
     kind: str | None = "purchase",
     moments: int | None = 1000,
 ) -> ReconciledEvent:
+    applied = state in ("applied", "applied_without_effect")
     return ReconciledEvent(
         event_id="evt_1",
         type="checkout.session.completed",
         created=AT,
+        state=state,
         applied=applied,
         outcome="credited",
         last_error=None if applied else "unknown customer cus_1",
@@ -46,9 +48,20 @@ def test_an_applied_event_with_its_one_transaction_matches() -> None:
 
 
 def test_an_event_not_applied_is_reported_with_its_error() -> None:
-    (mismatch,) = event_mismatches(event(applied=False, kind=None, moments=None))
+    (mismatch,) = event_mismatches(event(state="pending", kind=None, moments=None))
     assert mismatch.code == "event_not_applied"
     assert "unknown customer cus_1" in mismatch.detail
+
+
+def test_an_event_that_failed_is_reported_with_its_error_and_how_to_reapply_it() -> None:
+    (mismatch,) = event_mismatches(event(state="failed", kind=None, moments=None))
+    assert mismatch.code == "event_failed"
+    assert "unknown customer cus_1" in mismatch.detail
+    assert "moments stripe reapply" in mismatch.detail
+
+
+def test_an_event_applied_without_effect_matches() -> None:
+    assert codes(event(state="applied_without_effect", kind=None, moments=None)) == []
 
 
 def test_a_transaction_referencing_an_event_that_recorded_no_effect_is_unexpected() -> None:
