@@ -22,7 +22,7 @@ from litestar.di import Provide
 
 import ledger
 import pricing
-from entitlements import billing, generations, quotes
+from entitlements import billing, generations, prompts, quotes
 from entitlements.accounts.controllers import AccountsController
 from entitlements.billing.controllers import BillingController
 from entitlements.generations.controllers import GenerationsController
@@ -40,6 +40,7 @@ from entitlements.http.observability import request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
 from entitlements.http.strict import before_request
 from entitlements.keys.controllers import KeysController
+from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.settings import GenerationSettings, Settings
 from entitlements.tiers.controllers import TiersController
@@ -52,6 +53,7 @@ EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, 
 CONTROLLERS = (
     HealthController,
     QuotesController,
+    PromptsController,
     TiersController,
     AccountsController,
     GenerationsController,
@@ -147,10 +149,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     # The document is the whole contract: request bodies whose rules are data (the price grid, the catalog)
     # are described from that data, so what the document calls valid is what the service accepts.
-    grid = quotes.request_json_schema(pricing.current_table(price_tables, datetime.now(UTC)))
+    table_now = pricing.current_table(price_tables, datetime.now(UTC))
+    grid = quotes.request_json_schema(table_now)
     body_refinements = {
         "QuoteCreate": grid,
         "GenerationCreate": grid,
+        "AdviceCreate": prompts.request_json_schema(table_now),
         "CheckoutCreate": billing.checkout_request_json_schema(catalog),
     }
     app = Litestar(

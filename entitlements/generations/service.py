@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 import ledger
 import pricing
-from entitlements import idempotency, quotes, tiers
+from entitlements import idempotency, prompts, quotes, tiers
 from entitlements.errors import NotFound, NotRefundable, VideoUnavailable
 from entitlements.generations import queries
 from entitlements.generations.schemas import (
@@ -51,7 +52,11 @@ def charged(row: asyncpg.Record) -> int:
     return 0
 
 
-def to_out(row: asyncpg.Record) -> GenerationOut:
+def to_out(row: asyncpg.Record, advice: list[prompts.AdviceItem] | None = None) -> GenerationOut:
+    """The generation as the API shows it. Its advice is worked out from the stored prompt and clip each time
+    (pure, and far cheaper than the read), so every reader sees the same advice; none of it is stored."""
+    if advice is None:
+        advice = prompts.advice_items(row["prompt"], duration_s=row["duration_s"], audio=row["audio"])
     return GenerationOut(
         id=str(row["id"]),
         user_id=row["user_id"],
@@ -70,7 +75,16 @@ def to_out(row: asyncpg.Record) -> GenerationOut:
         video_url=f"/v1/generations/{row['id']}/video" if row["status"] in WITH_VIDEO else None,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        advice=advice,
     )
+
+
+def with_current_advice(generation: GenerationOut, advice: list[prompts.AdviceItem] | None = None) -> GenerationOut:
+    """A stored answer (an idempotent replay) with the advice of today's rules: it may have been stored
+    before advice existed, or under other rules."""
+    if advice is None:
+        advice = prompts.advice_items(generation.prompt, duration_s=generation.duration_s, audio=generation.audio)
+    return generation if generation.advice == advice else msgspec.structs.replace(generation, advice=advice)
 
 
 def parse_generation_id(generation_id: str) -> uuid.UUID:
@@ -122,6 +136,8 @@ async def create(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
     fingerprint = idempotency.request_hash("create_generation", user_id, body)
+    # Never a gate: the advice is worked out before the transaction and only shown.
+    advice = prompts.advice_items(body.prompt, duration_s=quote.duration_s, audio=quote.audio)
 
     async def create_in(connection: ledger.Connection) -> GenerationOut:
         # The gate reads inside the transaction; the hold then re-checks debt under the user's row lock.
@@ -162,11 +178,11 @@ async def create(
             now,
         )
         await connection.execute(queries.INSERT_JOB, generation_id)
-        response = to_out(await fetch(connection, generation_id))
+        response = to_out(await fetch(connection, generation_id), advice)
         log.info("generation_created", generation_id=str(generation_id), user_id=user_id, moments=quote.moments)
         return response
 
-    return await idempotency.once(
+    created = await idempotency.once(
         pool,
         caller_key_id=caller.key_id,
         key=key,
@@ -175,6 +191,7 @@ async def create(
         answer=GenerationOut,
         work=create_in,
     )
+    return with_current_advice(created, advice)
 
 
 async def list_for_user(
@@ -332,7 +349,7 @@ async def refund(
         response = RefundOut(transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after))
         return response
 
-    return await idempotency.once(
+    refunded = await idempotency.once(
         pool,
         caller_key_id=caller.key_id,
         key=key,
@@ -341,6 +358,8 @@ async def refund(
         answer=RefundOut,
         work=refund_in,
     )
+    generation = with_current_advice(refunded.generation)
+    return refunded if generation is refunded.generation else msgspec.structs.replace(refunded, generation=generation)
 
 
 AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (
