@@ -259,6 +259,8 @@ _APOSTROPHES = frozenset("'\u2019")
 _JUNK_TOKENS = ("-", "--", "---", "'", "''", "\u2019")
 _CJK_CLASS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RUN = re.compile(rf"[{_CJK_CLASS}]+")
+# U+3040-U+9FFF is encoded with a lead byte E3-E9, U+F900-U+FAFF with EF.
+_CJK_LEAD_BYTES = (b"\xe3", b"\xe4", b"\xe5", b"\xe6", b"\xe7", b"\xe8", b"\xe9", b"\xef")
 _SENTENCE_ENDS = ".!?\n\u2026\u3002\uff01\uff1f"
 _SENTENCE_END = re.compile(f"[{_SENTENCE_ENDS}]")
 _CLAUSE_BREAK = re.compile(r"[.!?;:,\n()\u2014\u2013\u2026\u3001\u3002\uff01\uff0c\uff1f]")
@@ -288,21 +290,34 @@ def _spaced(text: str) -> str:
     return text
 
 
-def _count(tokens: list[str], token_set: set[str] | frozenset[str]) -> int:
-    return len(tokens) - sum(tokens.count(junk) for junk in _JUNK_TOKENS if junk in token_set)
+def _count(tokens: list[str], token_set: set[str] | frozenset[str] | None = None) -> int:
+    """Tokens that are words: not a lone hyphen or apostrophe."""
+    present = tokens if token_set is None else token_set
+    return len(tokens) - sum(tokens.count(junk) for junk in _JUNK_TOKENS if junk in present)
+
+
+def _has_cjk(text: str) -> bool:
+    # Looking for the UTF-8 lead bytes of the CJK blocks is a fast scan; the pattern runs only if one is there.
+    if text.isascii():
+        return False
+    data = text.encode("utf-8", "surrogatepass")
+    return any(lead in data for lead in _CJK_LEAD_BYTES) and _CJK_RUN.search(text) is not None
+
+
+def _count_spaced(spaced: str, cjk: bool | None = None) -> int:
+    """The words of text whose separators are already spaces. Scripts written without spaces (Chinese,
+    Japanese) have no boundaries to count: a word of theirs counts one word per two characters, about what
+    a word is in them, so that a long prompt in them is not called short, nor a line long."""
+    tokens = spaced.split()
+    if not (_has_cjk(spaced) if cjk is None else cjk):
+        return _count(tokens)
+    return sum((len(token) + 1) // 2 if _CJK_RUN.match(token) else 1 for token in tokens if token.strip("-'\u2019"))
 
 
 def count_words(text: str) -> int:
-    """Words as the guide counts them: runs of letters and digits between spaces and punctuation. Scripts
-    written without spaces (Chinese, Japanese) have no boundaries to count: a run of their characters
-    counts one word per two characters, about what a word is in them, so that a long prompt in them is not
-    called short, nor a line long."""
-    cjk = 0
-    if not text.isascii() and _CJK_RUN.search(text):
-        cjk = sum((len(run) + 1) // 2 for run in _CJK_RUN.findall(text))
-        text = _CJK_RUN.sub(" ", text)
-    tokens = _spaced(text).split()
-    return _count(tokens, set(tokens)) + cjk
+    """Words as the guide counts them: runs of letters and digits between spaces and punctuation (see
+    `_count_spaced` for scripts written without spaces)."""
+    return _count_spaced(_spaced(text))
 
 
 class _Text:
@@ -310,7 +325,7 @@ class _Text:
     occurs. Each rule starts from the words it cares about, so its cost follows their occurrences, not the
     prompt's length."""
 
-    __slots__ = ("lower", "original", "padded", "token_set", "tokens", "word_count")
+    __slots__ = ("cjk", "lower", "original", "padded", "token_set", "tokens", "word_count")
 
     def __init__(self, prompt: str) -> None:
         self.original = prompt
@@ -320,10 +335,13 @@ class _Text:
         self.padded = f" {spaced} "
         self.tokens = spaced.split()
         self.token_set = set(self.tokens)
-        if not prompt.isascii() and _CJK_RUN.search(prompt):
-            self.word_count = count_words(prompt)
-        else:
-            self.word_count = _count(self.tokens, self.token_set)
+        self.cjk = _has_cjk(spaced)
+        self.word_count = _count_spaced(spaced, True) if self.cjk else _count(self.tokens, self.token_set)
+
+    def count_words(self, start: int, end: int) -> int:
+        """count_words of the prompt's text in [start, end)."""
+        spaced = self.padded[start + 1 : end + 1]
+        return _count_spaced(spaced) if self.cjk else _count(spaced.split())
 
     def has_any(self, words: frozenset[str]) -> bool:
         return not words.isdisjoint(self.token_set)
@@ -357,6 +375,13 @@ class _Text:
         if position - tail == begin and begin and len(words) > count:
             words = words[1:]  # the first may be cut
         return words[-count:]
+
+    def beside(self, position: int, word: str) -> tuple[str | None, str | None]:
+        """The words right before and after `word` at `position`, across punctuation (a quick look)."""
+        before = self.padded[max(0, position - 24) : position + 1].split()
+        after = self.padded[position + 1 + len(word) : position + len(word) + 25].split()
+        whole = len(before) > 1 or position < 24  # a lone word at the window's edge may be cut
+        return (before[-1] if before and whole else None), (after[0] if after else None)
 
     def word_after(self, position: int) -> str | None:
         """The first word at or after `position` in its clause."""
@@ -705,15 +730,16 @@ _VAGUE_NOUN_SUBJECTS = VAGUE_SUBJECTS | VAGUE_DETERMINERS
 
 def _vague_at(text: _Text, word: str, position: int) -> bool:
     """Cheapest test first: who moves, then what follows, then negation and degree words."""
-    previous = _previous_word(text, position)
-    after = text.word_after(position + len(word))
-    if word in _VAGUE_OBJECTS:
-        # "does something", "something happens"
-        happens = word == "something" and after in {"happens", "happening"}
-        vague = previous in {"do", "does", "doing", "did"} or happens
-    elif word in _VAGUE_ACTIONS:
-        vague = previous in {"some", "random"}
+    if word in _VAGUE_OBJECTS or word in _VAGUE_ACTIONS:
+        # "does something", "something happens", "some action": the words right beside it are enough.
+        previous, after = text.beside(position, word)
+        if word in _VAGUE_ACTIONS:
+            vague = previous in {"some", "random"}
+        else:
+            vague = previous in {"do", "does", "doing", "did"} or (word == "something" and after in {"happens"})
     else:
+        previous = _previous_word(text, position)
+        after = text.word_after(position + len(word))
         # The camera's own movement ("camera moves") is the camera rule's.
         if word in _GENERIC_VERBS:
             subjects, specific = VAGUE_SUBJECTS, SPECIFIC_FOLLOWERS
@@ -754,61 +780,80 @@ _CLOSERS: dict[str, str] = {
     "\u201a": "\u2018\u2019",
     "'": "'",
 }
-_OPENER = re.compile("[" + re.escape("".join(_CLOSERS)) + "]")
+
+
+# A straight apostrophe opens only at the start of a word: not after a letter ("don't", "girls'"), not before
+# a space. (The pattern starts with its literal, so it is found by a fast scan.)
+_APOSTROPHE_OPENER = re.compile(r"'(?<![^\W_]')(?!\s)")
+# An apostrophe closes only at the end of a word: not before a letter ("don't"), not after a space.
+_APOSTROPHE_CLOSER = {mark: re.compile(mark + r"(?![^\W_])") for mark in _APOSTROPHES}
 _LINE_END_PUNCTUATION = frozenset(".,!?\u2026\u3002\uff01\uff1f")
 
 
-@dataclass(frozen=True, slots=True)
-class Quoted:
+class Quoted(NamedTuple):
     start: int  # the opening mark
     end: int  # just past the closing mark
     words: int
 
 
-def _can_open(text: str, position: int) -> bool:
-    """An apostrophe opens a quotation only at the start of a word ("'Hey'", not "don't" or "girls'")."""
-    before = text[position - 1] if position else " "
-    after = text[position + 1] if position + 1 < len(text) else " "
-    return not (before.isalnum() or after.isspace())
-
-
-def _can_close(text: str, position: int) -> bool:
-    after = text[position + 1] if position + 1 < len(text) else " "
-    return not after.isalnum() and position > 0 and not text[position - 1].isspace()
-
-
 def _closer_positions(prompt: str, closer: str) -> list[int]:
+    if closer in _APOSTROPHES:
+        found = (match.start() for match in _APOSTROPHE_CLOSER[closer].finditer(prompt))
+        return [position for position in found if position and not prompt[position - 1].isspace()]
     positions = []
-    found = prompt.find(closer)
-    while found != -1:
-        if closer not in _APOSTROPHES or _can_close(prompt, found):
-            positions.append(found)
-        found = prompt.find(closer, found + 1)
+    position = prompt.find(closer)
+    while position != -1:
+        positions.append(position)
+        position = prompt.find(closer, position + 1)
     return positions
 
 
 def quoted_parts(prompt: str) -> Iterator[Quoted]:
-    """The outermost quoted parts of the prompt, left to right. Quotes inside a quoted part belong to it;
-    an opening mark that is never closed quotes nothing. Linear: each closing mark's positions are found
-    once, and each opening mark looks its closer up by bisection."""
-    closers_at: dict[str, list[int]] = {}
-    position = 0
-    while (opener := _OPENER.search(prompt, position)) is not None:
-        start = opener.start()
-        mark = opener.group()
-        close: int | None = None
-        if mark not in _APOSTROPHES or _can_open(prompt, start):
-            for closer in _CLOSERS[mark]:
-                if closer not in closers_at:
-                    closers_at[closer] = _closer_positions(prompt, closer)
-                candidates = closers_at[closer]
-                after = bisect.bisect_right(candidates, start)
-                if after < len(candidates) and (close is None or candidates[after] < close):
-                    close = candidates[after]
-        if close is None:
-            position = start + 1
+    """The outermost quoted parts of the prompt, left to right, with the words of each."""
+    for start, end in _quote_spans(prompt):
+        yield Quoted(start, end, count_words(prompt[start + 1 : end - 1]))
+
+
+def _openers(prompt: str) -> list[tuple[int, str]]:
+    """Every opening mark of the prompt, in order: each mark's positions found by a fast scan of its own."""
+    found: list[tuple[int, str]] = []
+    for mark in _CLOSERS:
+        if mark not in prompt:
             continue
-        yield Quoted(start, close + 1, count_words(prompt[start + 1 : close]))
+        if mark == "'":
+            found += [(match.start(), mark) for match in _APOSTROPHE_OPENER.finditer(prompt)]
+            continue
+        position = prompt.find(mark)
+        while position != -1:
+            found.append((position, mark))
+            position = prompt.find(mark, position + 1)
+    found.sort()
+    return found
+
+
+def _quote_spans(prompt: str) -> Iterator[tuple[int, int]]:
+    """[opening mark, past the closing mark) of each outermost quoted part. Quotes inside a quoted part
+    belong to it; an opening mark that is never closed quotes nothing. Linear: each mark's positions are
+    found once, and each opening mark looks its closer up by bisection."""
+    closers_at: dict[str, list[int]] = {}
+    # A mark with no closer after one of its openers has none after any later one either.
+    unclosed: set[str] = set()
+    position = 0
+    for start, mark in _openers(prompt):
+        if start < position or mark in unclosed:
+            continue
+        close: int | None = None
+        for closer in _CLOSERS[mark]:
+            if closer not in closers_at:
+                closers_at[closer] = _closer_positions(prompt, closer)
+            candidates = closers_at[closer]
+            after = bisect.bisect_right(candidates, start)
+            if after < len(candidates) and (close is None or candidates[after] < close):
+                close = candidates[after]
+        if close is None:
+            unclosed.add(mark)
+            continue
+        yield start, close + 1
         position = close + 1
 
 
@@ -836,7 +881,8 @@ def dialogue(text: _Text) -> list[AdviceItem]:
     long_lines: list[Quoted] = []
     uncued: list[Quoted] = []
     previous_end = 0
-    for quoted in quoted_parts(text.original):
+    for start, end in _quote_spans(text.original):
+        quoted = Quoted(start, end, text.count_words(start + 1, end - 1))
         window_start = max(previous_end, quoted.start - 20 * CUE_WORDS_BACK)
         before = text.words(window_start, quoted.start)[-CUE_WORDS_BACK:]
         previous_end = quoted.end

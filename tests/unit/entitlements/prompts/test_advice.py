@@ -90,7 +90,9 @@ def test_a_long_prompt_written_to_the_guide_gets_no_advice() -> None:
 
 
 def test_every_item_quotes_the_guides_rule_with_its_severity() -> None:
-    found = advise('Dolly in while panning left. Everything moving at once. She says "hi there", then cut to.', duration_s=12)
+    found = advise(
+        'Dolly in while panning left. Everything moving at once. She says "hi there", then cut to.', duration_s=12
+    )
     assert {entry.code for entry in found.items} >= {"several_camera_movements", "vague_motion", "clip_too_long"}
     for entry in found.items:
         severity, rule = RULES[entry.code]
@@ -481,7 +483,9 @@ def check_contract(prompt: str, found: Advice) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(prompt=ANY_TEXT | PROMPTISH, duration_s=st.none() | st.integers(-(2**70), 2**70), audio=st.none() | st.booleans())
+@given(
+    prompt=ANY_TEXT | PROMPTISH, duration_s=st.none() | st.integers(-(2**70), 2**70), audio=st.none() | st.booleans()
+)
 def test_advise_never_raises_and_keeps_its_contract_on_any_string(
     prompt: str, duration_s: int | None, audio: bool | None
 ) -> None:
@@ -500,7 +504,10 @@ def test_a_constraint_line_at_the_end_removes_only_the_constraint_tip(prompt: st
 
 
 @settings(max_examples=25, deadline=None)
-@given(prompt=st.text(alphabet=st.characters(codec=None), min_size=4_500, max_size=5_000) | PROMPTISH.map(lambda text: (text + " ") * 40))
+@given(
+    prompt=st.text(alphabet=st.characters(codec=None), min_size=4_500, max_size=5_000)
+    | PROMPTISH.map(lambda text: (text + " ") * 40)
+)
 def test_5000_character_prompts_of_any_kind(prompt: str) -> None:
     check_contract(prompt, advise(prompt[:5_000]))
 

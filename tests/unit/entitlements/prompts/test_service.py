@@ -11,7 +11,7 @@ import pricing
 from entitlements.errors import ValidationFailed
 from entitlements.prompts import advice_items, request_json_schema
 from entitlements.prompts.schemas import AdviceCreate
-from entitlements.prompts.service import advise, clip_of
+from entitlements.prompts.service import ADVICE_CACHE_ENTRIES_MAX, advise, cache_info, clear_cache, clip_of
 
 DIALOGUE = "She says 'I really cannot believe that you came all the way here tonight'. No jitter."
 
@@ -65,7 +65,9 @@ def test_a_mode_or_duration_the_table_does_not_offer_is_named_with_the_allowed_v
 
 
 def test_advice_follows_the_modes_clip(table: pricing.PriceTable) -> None:
-    advanced = {item.code for item in advise(table, AdviceCreate(prompt=DIALOGUE, mode="advanced", duration_s=12)).advice}
+    advanced = {
+        item.code for item in advise(table, AdviceCreate(prompt=DIALOGUE, mode="advanced", duration_s=12)).advice
+    }
     assert {"dialogue_too_long", "clip_too_long"} <= advanced
     adult = {item.code for item in advise(table, AdviceCreate(prompt=DIALOGUE, mode="adult")).advice}
     assert adult.isdisjoint({"dialogue_too_long", "dialogue_without_cue", "clip_too_long"})
@@ -110,3 +112,33 @@ def test_the_published_schema_accepts_exactly_what_the_service_accepts(table: pr
             except ValidationFailed:
                 accepted = False
             assert _valid(schema, body) is accepted, body
+
+
+def test_the_cache_keeps_at_most_its_bound_and_forgets_the_least_recent() -> None:
+    clear_cache()
+    limit = ADVICE_CACHE_ENTRIES_MAX
+    for number in range(limit):
+        advice_items(f"She turns slowly, take {number}.", duration_s=4, audio=True)
+    assert cache_info().currsize == limit
+    advice_items("She turns slowly, take 0.", duration_s=4, audio=True)  # now the most recent
+    advice_items(f"She turns slowly, take {limit}.", duration_s=4, audio=True)  # one past the bound
+    assert cache_info().currsize == limit
+    misses = cache_info().misses
+    advice_items("She turns slowly, take 0.", duration_s=4, audio=True)
+    assert cache_info().misses == misses  # kept
+    advice_items("She turns slowly, take 1.", duration_s=4, audio=True)
+    assert cache_info().misses == misses + 1  # forgotten: it was the least recent
+    clear_cache()
+
+
+def test_a_kept_answer_is_the_answer_and_each_reader_gets_its_own_list() -> None:
+    clear_cache()
+    fresh = advice_items(DIALOGUE, duration_s=12, audio=True)
+    kept = advice_items(DIALOGUE, duration_s=12, audio=True)
+    assert kept == fresh
+    assert kept is not fresh
+    kept.clear()
+    assert advice_items(DIALOGUE, duration_s=12, audio=True) == fresh
+    # The clip is part of the question: without sound there is no dialogue advice.
+    silent = {item.code for item in advice_items(DIALOGUE, duration_s=12, audio=False)}
+    assert silent.isdisjoint({"dialogue_too_long", "dialogue_without_cue"})
