@@ -117,6 +117,7 @@ DEPENDENCIES = {
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging(settings.api.log_format)
+    prompts.configure_cache(settings.api.advice_cache_entries_max)
     # Loaded and validated before serving: an incomplete or invalid table stops the service here.
     price_tables = pricing.load_tables()
     catalog = pricing.load_catalog()

@@ -95,6 +95,8 @@ class ApiSettings:
     page_size_max: int
     request_body_bytes_max: int
     support_grant_moments_max: int
+    # Prompt advice answers each process keeps (0 keeps none); at most about 22 KB each.
+    advice_cache_entries_max: int
     log_format: LogFormat  # "json", "console", or "auto" (console on a TTY)
 
     @classmethod
@@ -108,6 +110,7 @@ class ApiSettings:
             page_size_max=page_size_max,
             request_body_bytes_max=_int("REQUEST_BODY_BYTES_MAX", 64 * 1024, minimum=1024, maximum=10 << 20),
             support_grant_moments_max=_int("SUPPORT_GRANT_MOMENTS_MAX", 5_000, minimum=0, maximum=10_000_000),
+            advice_cache_entries_max=_int("ADVICE_CACHE_ENTRIES_MAX", 512, minimum=0, maximum=10_000),
             log_format=log_format,
         )
 

@@ -43,7 +43,7 @@ from entitlements.dev.embedded_db import EmbeddedPostgres, ServerOptions
 from entitlements.keys import create_key
 from entitlements.prompts import advice_items
 from entitlements.prompts.examples import DONT_EXAMPLES, EXAMPLE_PROMPTS, GOOD_FRAGMENTS
-from entitlements.prompts.service import clear_cache, fresh_advice
+from entitlements.prompts.service import ADVICE_CACHE_ENTRIES_DEFAULT, configure_cache, fresh_advice
 from entitlements.schemas import PROMPT_CHARS_MAX
 from entitlements.settings import Settings
 
@@ -61,6 +61,11 @@ def to_limit(paragraphs: Sequence[str], chars_max: int = PROMPT_CHARS_MAX) -> st
     while len(text) < chars_max:
         text += " ".join(paragraphs) + " "
     return text[: text.rfind(" ", 0, chars_max + 1)].rstrip()
+
+
+def to_words(paragraphs: Sequence[str], words: int) -> str:
+    """The paragraphs, over and over, cut after `words` words."""
+    return " ".join(" ".join(list(paragraphs) * (1 + words // 20)).split()[:words])
 
 
 # A long prompt written to the guide: motion with degree words, one camera move, cued short lines, constraints.
@@ -82,12 +87,14 @@ JAPANESE = ("彼女はゆっくりと顔を上げて、「ずっと待ってい�
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
     "the guide's 3 example prompts": tuple(EXAMPLE_PROMPTS.values()),
     "the guide's good and don't fragments": (*GOOD_FRAGMENTS, *DONT_EXAMPLES),
+    "200 words written to the guide": (to_words(WRITTEN_TO_THE_GUIDE, 200),),
     "5,000 chars written to the guide": (to_limit(WRITTEN_TO_THE_GUIDE),),
     "5,000 chars of dialogue": (to_limit(DIALOGUE),),
     "5,000 chars of Japanese": (to_limit(JAPANESE),),
     "5,000 chars of apostrophes (hostile)": (("'a " * PROMPT_CHARS_MAX)[:PROMPT_CHARS_MAX],),
 }
 SHORT_SET = "the guide's 3 example prompts"
+TYPICAL_SET = "200 words written to the guide"
 LONG_SET = "5,000 chars written to the guide"
 
 
@@ -246,6 +253,7 @@ async def _timed(
 
 ROLES_USED = ("service", "admin")
 POST_SHORT = "POST generation, the guide's example prompt"
+POST_TYPICAL = "POST generation, a 200-word prompt"
 POST_LONG = "POST generation, a 5,000-char prompt"
 GET_ONE = "GET one generation, 5,000-char prompt"
 GET_PAGE = f"GET a page of {PAGE_SIZE}, 5,000-char prompts"
@@ -271,9 +279,10 @@ async def request_figures(dsn: str, options: argparse.Namespace, pid: int | None
     admin = {"Authorization": f"Bearer {keys['admin']}"}
     short_prompt = EXAMPLE_PROMPTS["with camera movement"]
     long_prompt = PROMPT_SETS[LONG_SET][0]
+    typical_prompt = PROMPT_SETS[TYPICAL_SET][0]
     figures = []
     async with AsyncTestClient(app=app) as client:
-        for user in ("bench-short", "bench-long"):
+        for user in ("bench-short", "bench-typical", "bench-long"):
             ok = await client.put(f"/v1/users/{user}/subscription", json={"tier": "PREMIUM"}, headers=admin)
             assert ok.status_code == 200, ok.text
             grant = {"moments": 10**12, "reason": "benchmark"}
@@ -297,7 +306,12 @@ async def request_figures(dsn: str, options: argparse.Namespace, pid: int | None
 
             return send
 
-        for user, prompt, name in (("bench-short", short_prompt, POST_SHORT), ("bench-long", long_prompt, POST_LONG)):
+        posts = (
+            ("bench-short", short_prompt, POST_SHORT),
+            ("bench-typical", typical_prompt, POST_TYPICAL),
+            ("bench-long", long_prompt, POST_LONG),
+        )
+        for user, prompt, name in posts:
             progress(f"(gen) {name}: {options.repeat} x {options.requests} requests")
             send = creator(user, prompt)
             figures.append(await _timed(name, prompt, options.repeat, options.requests, pid, send))
@@ -329,10 +343,10 @@ def run(options: argparse.Namespace) -> Report:
     for name, prompts in PROMPT_SETS.items():
         progress(f"(advice) {name}: {options.repeat} x {options.advice_seconds:g} s")
         report.advice.append(advice_figure(name, prompts, rounds=options.repeat, seconds=options.advice_seconds))
-    for name in (SHORT_SET, LONG_SET):
+    for name in (SHORT_SET, TYPICAL_SET, LONG_SET):
         rounds_us = _per_call_us(kept, PROMPT_SETS[name], rounds=options.repeat, seconds=options.advice_seconds)
         report.kept_us[name] = statistics.median(rounds_us)
-    clear_cache()
+    configure_cache(ADVICE_CACHE_ENTRIES_DEFAULT)
     work_dir = Path(tempfile.mkdtemp(prefix="moments-advice-bench-"))
     server = EmbeddedPostgres(work_dir / "pg", ServerOptions(durable=not options.fast, max_connections=50))
     # Every request still renders its log line (a real cost); the lines go nowhere instead of the terminal.
@@ -366,7 +380,7 @@ def shares(report: Report) -> dict[str, Share]:
     prompt is new); the GETs show it again, as a kept answer unless the process has forgotten it."""
     found = {}
     for figure in report.requests:
-        kind = SHORT_SET if figure.name == POST_SHORT else LONG_SET
+        kind = {POST_SHORT: SHORT_SET, POST_TYPICAL: TYPICAL_SET}.get(figure.name, LONG_SET)
         times = PAGE_SIZE if figure.name == GET_PAGE else 1
         each_round = [
             advice / request for advice, request in zip(figure.advice_rounds_us, figure.rounds_us, strict=True)

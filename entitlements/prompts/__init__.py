@@ -5,6 +5,6 @@ schemas.py (bodies), controllers.py (the route).
 """
 
 from entitlements.prompts.schemas import AdviceItem, AdviceOut
-from entitlements.prompts.service import advice_items, request_json_schema
+from entitlements.prompts.service import advice_items, configure_cache, request_json_schema
 
-__all__ = ["AdviceItem", "AdviceOut", "advice_items", "request_json_schema"]
+__all__ = ["AdviceItem", "AdviceOut", "advice_items", "configure_cache", "request_json_schema"]

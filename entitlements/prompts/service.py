@@ -1,15 +1,15 @@
 """Prompt advice as the API serves it: the request's mode and duration read against the price table in
 force, the pure rules of `advice.py`, and their answer as response items. No I/O; never a gate.
 
-The answers to the last ADVICE_CACHE_ENTRIES_MAX distinct (prompt, duration, sound) are kept in memory
-(per process): a generation's advice is worked out again each time it is read, and the same generation is
-read over and over (polled while it renders, listed by support), usually after the same prompt was advised
-on. Advice on a 5,000-character prompt costs hundreds of microseconds; a kept answer, one.
+Each process keeps the answers to the last ADVICE_CACHE_ENTRIES_MAX distinct (prompt, duration, sound): a
+generation's advice is worked out again each time it is read, and the same generation is read over and
+over (polled while it renders, listed by support), usually after its prompt was advised on. Advice on a
+5,000-character prompt costs hundreds of microseconds; a kept answer, about one.
 """
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from typing import Any
 
 import pricing
@@ -17,45 +17,73 @@ from entitlements.errors import ValidationFailed
 from entitlements.prompts import advice
 from entitlements.prompts.schemas import AdviceCreate, AdviceItem, AdviceOut
 
-# At most this many answers are kept: 512 prompts of at most 5,000 characters (20 KB each at worst, four
-# bytes a character) keep the cache under about 11 MB per process.
-ADVICE_CACHE_ENTRIES_MAX = 512
+Question = tuple[str, int | None, bool | None]
+Answer = tuple[int, tuple[AdviceItem, ...]]
+ADVICE_CACHE_ENTRIES_DEFAULT = 512
+
+
+class AdviceCache:
+    """The last `entries_max` answers, least recently used forgotten first. Answers are frozen, so one is
+    handed to many readers. Per process, in memory; at most a prompt (5,000 characters, 20 KB at worst)
+    and its few items per entry."""
+
+    def __init__(self, entries_max: int) -> None:
+        self.entries_max = entries_max
+        self._answers: OrderedDict[Question, Answer] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def answer(self, question: Question) -> Answer:
+        kept = self._answers.get(question)
+        if kept is not None:
+            self.hits += 1
+            self._answers.move_to_end(question)
+            return kept
+        self.misses += 1
+        found = fresh_advice(*question)
+        if self.entries_max:
+            self._answers[question] = found
+            if len(self._answers) > self.entries_max:
+                self._answers.popitem(last=False)
+        return found
+
+
+_cache = AdviceCache(ADVICE_CACHE_ENTRIES_DEFAULT)
+
+
+def configure_cache(entries_max: int) -> AdviceCache:
+    """A fresh cache of this bound for the process (the composition root passes ADVICE_CACHE_ENTRIES_MAX)."""
+    global _cache
+    _cache = AdviceCache(entries_max)
+    return _cache
+
+
+def cache() -> AdviceCache:
+    return _cache
 
 
 def advise(table: pricing.PriceTable, body: AdviceCreate) -> AdviceOut:
     duration_s, audio = clip_of(table, mode=body.mode, duration_s=body.duration_s)
-    words, items = _advice(body.prompt, duration_s, audio)
+    words, items = _cache.answer((body.prompt, duration_s, audio))
     return AdviceOut(words=words, advice=list(items))
 
 
 def advice_items(prompt: str, *, duration_s: int | None, audio: bool | None) -> list[AdviceItem]:
     """The advice on a generation's prompt, for the clip it was created with."""
-    return list(_advice(prompt, duration_s, audio)[1])
+    return list(_cache.answer((prompt, duration_s, audio))[1])
 
 
-@functools.lru_cache(maxsize=ADVICE_CACHE_ENTRIES_MAX)
-def _advice(prompt: str, duration_s: int | None, audio: bool | None) -> tuple[int, tuple[AdviceItem, ...]]:
-    """The guide's advice as response items (frozen, so one answer can be handed to many readers)."""
+def fresh_advice(prompt: str, duration_s: int | None, audio: bool | None) -> Answer:
+    """The guide's advice worked out afresh, as response items."""
     found = advice.advise(prompt, duration_s=duration_s, audio=audio)
     items = tuple(
         AdviceItem(code=item.code, severity=item.severity, message=item.message, excerpt=item.excerpt)
         for item in found.items
     )
     return found.words, items
-
-
-def fresh_advice(prompt: str, duration_s: int | None, audio: bool | None) -> tuple[int, tuple[AdviceItem, ...]]:
-    """The advice worked out afresh, never from a kept answer (what the benchmark measures)."""
-    return _advice.__wrapped__(prompt, duration_s, audio)
-
-
-def cache_info() -> functools._CacheInfo:
-    return _advice.cache_info()
-
-
-def clear_cache() -> None:
-    """Forget every kept answer (the benchmark measures advice worked out afresh)."""
-    _advice.cache_clear()
 
 
 def clip_of(table: pricing.PriceTable, *, mode: str | None, duration_s: int | None) -> tuple[int | None, bool | None]:

@@ -52,6 +52,7 @@ def test_defaults() -> None:
     assert settings.api.page_size_max == 200
     assert settings.api.request_body_bytes_max == 64 * 1024
     assert settings.api.support_grant_moments_max == 5_000
+    assert settings.api.advice_cache_entries_max == 512
     assert settings.api.log_format == "auto"
 
     generation = settings.generation
@@ -161,6 +162,7 @@ def test_a_bad_log_format_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
         ("PAGE_SIZE_MAX", 1, 1000),
         ("REQUEST_BODY_BYTES_MAX", 1024, 10 << 20),
         ("SUPPORT_GRANT_MOMENTS_MAX", 0, 10_000_000),
+        ("ADVICE_CACHE_ENTRIES_MAX", 0, 10_000),
     ],
 )
 def test_limits_are_accepted_at_their_bounds_and_refused_past_them(

@@ -11,7 +11,15 @@ import pricing
 from entitlements.errors import ValidationFailed
 from entitlements.prompts import advice_items, request_json_schema
 from entitlements.prompts.schemas import AdviceCreate
-from entitlements.prompts.service import ADVICE_CACHE_ENTRIES_MAX, advise, cache_info, clear_cache, clip_of
+from entitlements.prompts.service import (
+    ADVICE_CACHE_ENTRIES_DEFAULT,
+    AdviceCache,
+    advise,
+    cache,
+    clip_of,
+    configure_cache,
+    fresh_advice,
+)
 
 DIALOGUE = "She says 'I really cannot believe that you came all the way here tonight'. No jitter."
 
@@ -114,31 +122,44 @@ def test_the_published_schema_accepts_exactly_what_the_service_accepts(table: pr
             assert _valid(schema, body) is accepted, body
 
 
-def test_the_cache_keeps_at_most_its_bound_and_forgets_the_least_recent() -> None:
-    clear_cache()
-    limit = ADVICE_CACHE_ENTRIES_MAX
-    for number in range(limit):
-        advice_items(f"She turns slowly, take {number}.", duration_s=4, audio=True)
-    assert cache_info().currsize == limit
-    advice_items("She turns slowly, take 0.", duration_s=4, audio=True)  # now the most recent
-    advice_items(f"She turns slowly, take {limit}.", duration_s=4, audio=True)  # one past the bound
-    assert cache_info().currsize == limit
-    misses = cache_info().misses
-    advice_items("She turns slowly, take 0.", duration_s=4, audio=True)
-    assert cache_info().misses == misses  # kept
-    advice_items("She turns slowly, take 1.", duration_s=4, audio=True)
-    assert cache_info().misses == misses + 1  # forgotten: it was the least recent
-    clear_cache()
+@pytest.mark.parametrize("entries_max", [2, 3, 512])
+def test_the_cache_keeps_at_most_its_bound_and_forgets_the_least_recent(entries_max: int) -> None:
+    cache = AdviceCache(entries_max)
+
+    def ask(number: int) -> None:
+        cache.answer((f"She turns slowly, take {number}.", 4, True))
+
+    for number in range(entries_max):
+        ask(number)
+    assert len(cache) == entries_max  # at the bound
+    ask(0)  # now the most recent
+    ask(entries_max)  # one past the bound: the least recent goes
+    assert len(cache) == entries_max
+    misses = cache.misses
+    ask(0)
+    assert cache.misses == misses  # kept
+    ask(1)
+    assert cache.misses == misses + 1  # forgotten, or never kept
+
+
+def test_a_cache_of_none_keeps_nothing_and_still_answers() -> None:
+    cache = AdviceCache(0)
+    first = cache.answer((DIALOGUE, 12, True))
+    assert cache.answer((DIALOGUE, 12, True)) == first
+    assert (len(cache), cache.hits, cache.misses) == (0, 0, 2)
 
 
 def test_a_kept_answer_is_the_answer_and_each_reader_gets_its_own_list() -> None:
-    clear_cache()
+    configure_cache(8)
     fresh = advice_items(DIALOGUE, duration_s=12, audio=True)
     kept = advice_items(DIALOGUE, duration_s=12, audio=True)
+    assert cache().hits == 1
     assert kept == fresh
     assert kept is not fresh
     kept.clear()
     assert advice_items(DIALOGUE, duration_s=12, audio=True) == fresh
+    assert [*fresh_advice(DIALOGUE, 12, True)[1]] == fresh
     # The clip is part of the question: without sound there is no dialogue advice.
     silent = {item.code for item in advice_items(DIALOGUE, duration_s=12, audio=False)}
     assert silent.isdisjoint({"dialogue_too_long", "dialogue_without_cue"})
+    configure_cache(ADVICE_CACHE_ENTRIES_DEFAULT)
