@@ -9,7 +9,7 @@ Advice is never a gate: nothing here refuses a prompt. The rules are conservativ
 that is unsure stays silent — so the guide's own example prompts get no warning (their only advice is the
 length tip: they are shorter than the 50 words the guide asks for). The rules read English; text in other
 languages is measured (words, quoted lines) but never judged by English vocabulary. `advise` never raises
-on any `str`; its work is linear in the prompt's length.
+on any `str`; its work grows about linearly with the prompt's length.
 """
 
 from __future__ import annotations
@@ -207,7 +207,6 @@ CAMERA_PACING = _set(
     """slow smooth gentle quick fast steady soft subtle slight gradual sudden sweeping lazy dramatic dynamic
     continuous constant whip crash snap"""
 )
-NOUN_MARKERS = _set("the a an her his their its my your our this that frying sauce baking dust bed peter hot iron cake")
 # A quoted part after one of these is on-screen text or a name, not a spoken line.
 TEXT_CUES = _set(
     """sign signs text caption captions title titled label labeled labelled reads read written writing word
@@ -617,9 +616,10 @@ def _merged(movements: Iterable[_Movement], lower: str) -> list[_Movement]:
 def several_camera_movements(text: _Text, shot_starts: list[int]) -> AdviceItem | None:
     if not (text.has_any(_CAMERA_ANCHORS) or text.has_any(_CAMERA_SUBJECT_WORDS) or text.has_any(_PAIR_ANCHORS)):
         return None
-    candidates = _merged(_camera_candidates(text), text.lower)
-    if len({found.family for found in candidates}) < 2:
-        return None
+    found_first = list(_camera_candidates(text))
+    if len({found.family for found in found_first}) < 2:
+        return None  # merging and negation only take movements away
+    candidates = _merged(found_first, text.lower)
     movements = [found for found in candidates if not _negated(text, found.start)]
     by_shot: dict[int, dict[str, _Movement]] = {}
     for movement in movements:
@@ -786,6 +786,7 @@ _CLOSERS: dict[str, str] = {
 # a space. (The pattern starts with its literal, so it is found by a fast scan.)
 _APOSTROPHE_OPENER = re.compile(r"'(?<![^\W_]')(?!\s)")
 # An apostrophe closes only at the end of a word: not before a letter ("don't"), not after a space.
+_ANY_QUOTE_MARK = re.compile("[" + re.escape("".join(_CLOSERS)) + "]")
 _APOSTROPHE_CLOSER = {mark: re.compile(mark + r"(?![^\W_])") for mark in _APOSTROPHES}
 _LINE_END_PUNCTUATION = frozenset(".,!?\u2026\u3002\uff01\uff1f")
 
@@ -876,7 +877,7 @@ def _has_cue(words: list[str]) -> bool:
 
 
 def dialogue(text: _Text) -> list[AdviceItem]:
-    if not any(mark in text.original for mark in _CLOSERS):
+    if _ANY_QUOTE_MARK.search(text.original) is None:
         return []
     long_lines: list[Quoted] = []
     uncued: list[Quoted] = []

@@ -36,6 +36,16 @@ def item(found: Advice, code: str) -> advice.AdviceItem:
     return matching
 
 
+def warned_at(prompt: str, code: str) -> str:
+    """The excerpt of the warning `code` on `prompt` (with enough of a prompt around it): part of it."""
+    found = advise(padded(prompt))
+    assert code in warnings(found)
+    excerpt = item(found, code).excerpt
+    assert excerpt is not None
+    assert excerpt in prompt
+    return excerpt
+
+
 def padded(prompt: str) -> str:
     """The prompt, then enough neutral words with degree and a constraint line that length is not at issue."""
     filler = " She breathes slowly and smiles softly." * 12
@@ -159,11 +169,7 @@ def test_words_are_counted_as_the_guide_counts_them(text: str, words: int) -> No
     ],
 )
 def test_several_camera_movements_in_one_shot_are_a_warning(prompt: str) -> None:
-    found = advise(padded(prompt))
-    assert "several_camera_movements" in warnings(found)
-    excerpt = item(found, "several_camera_movements").excerpt
-    assert excerpt is not None
-    assert excerpt in prompt
+    warned_at(prompt, "several_camera_movements")
 
 
 @pytest.mark.parametrize(
@@ -352,11 +358,7 @@ def test_specific_or_negated_motion_is_not_vague(prompt: str) -> None:
     ],
 )
 def test_several_scenes_in_one_clip_are_a_warning(prompt: str) -> None:
-    found = advise(padded(prompt))
-    assert "overloaded_clip" in warnings(found)
-    excerpt = item(found, "overloaded_clip").excerpt
-    assert excerpt is not None
-    assert excerpt in prompt
+    warned_at(prompt, "overloaded_clip")
 
 
 def test_more_steps_than_the_clip_holds_are_a_warning() -> None:
