@@ -22,7 +22,7 @@ from litestar.di import Provide
 
 import ledger
 import pricing
-from entitlements import billing, generations, prompts, quotes
+from entitlements import billing, generations, keys, prompts, quotes
 from entitlements.accounts.controllers import AccountsController
 from entitlements.billing.controllers import BillingController
 from entitlements.generations.controllers import GenerationsController
@@ -33,12 +33,12 @@ from entitlements.http import (
     provide_idempotency_key,
     provide_limit,
     provide_window,
-    role_guard,
 )
 from entitlements.http.controllers import HealthController
+from entitlements.http.dependencies import resolve_dependencies_in_order
+from entitlements.http.hooks import before_request
 from entitlements.http.observability import request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
-from entitlements.http.strict import before_request
 from entitlements.keys.controllers import KeysController
 from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
@@ -79,6 +79,7 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
             max_size=db.pool_size_max,
             timeout=db.connect_timeout_s,
             server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
+            reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
         raise DatabaseUnreachable(f"the database does not answer ({type(error).__name__}: {error})") from None
@@ -86,37 +87,51 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
     return pool
 
 
-def _state_value(name: str) -> Provide:
-    def provide(state: State) -> object:
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """Returning a connection to the pool costs no round trip: asyncpg still rolls back an open
+    transaction, and nothing here leaves session state behind (settings are SET LOCAL, no LISTEN or
+    advisory lock on pooled connections), so its default RESET ALL / UNLISTEN * query has nothing to do."""
+
+
+def _state_value(state: State, name: str) -> Provide:
+    # A provider without parameters: Litestar then parses nothing for it (a `state: State` parameter cost a
+    # validation and a State copy per dependency per request, about a tenth of a generation request).
+    def provide() -> object:
         return state[name]
 
     return Provide(provide, sync_to_thread=False)
 
 
-def _provide_price_table(state: State) -> pricing.PriceTable:
-    return pricing.current_table(state.price_tables, datetime.now(UTC))
+def dependencies_for(state: State) -> dict[str, Provide]:
+    """What handlers are given by name: the process's pieces (from `state`, filled in by the lifespan) and
+    the request's own (caller, Idempotency-Key, page limit, time window)."""
+    prices = state["price_tables"]
 
+    def provide_price_table() -> pricing.PriceTable:
+        return pricing.current_table(prices, datetime.now(UTC))
 
-DEPENDENCIES = {
-    "pool": _state_value("pool"),
-    "read_pool": _state_value("read_pool"),
-    "ledger_service": _state_value("ledger"),
-    "catalog": _state_value("catalog"),
-    "settings": _state_value("settings"),
-    "dispatcher": _state_value("dispatcher"),
-    "stripe_gateway": _state_value("stripe"),
-    "audit_checks": _state_value("extra_audit_checks"),
-    "price_table": Provide(_provide_price_table, sync_to_thread=False),
-    "caller": Provide(provide_caller, sync_to_thread=False),
-    "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
-    "page_limit": Provide(provide_limit, sync_to_thread=False),
-    "window": Provide(provide_window, sync_to_thread=False),
-}
+    return {
+        "pool": _state_value(state, "pool"),
+        "read_pool": _state_value(state, "read_pool"),
+        "ledger_service": _state_value(state, "ledger"),
+        "catalog": _state_value(state, "catalog"),
+        "settings": _state_value(state, "settings"),
+        "dispatcher": _state_value(state, "dispatcher"),
+        "stripe_gateway": _state_value(state, "stripe"),
+        "audit_checks": _state_value(state, "extra_audit_checks"),
+        "key_cache": _state_value(state, "key_cache"),
+        "price_table": Provide(provide_price_table, sync_to_thread=False),
+        "caller": Provide(provide_caller, sync_to_thread=False),
+        "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
+        "page_limit": Provide(provide_limit, sync_to_thread=False),
+        "window": Provide(provide_window, sync_to_thread=False),
+    }
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging(settings.api.log_format)
+    resolve_dependencies_in_order()
     prompts.configure_cache(settings.api.advice_cache_entries_max)
     # Loaded and validated before serving: an incomplete or invalid table stops the service here.
     price_tables = pricing.load_tables()
@@ -134,6 +149,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         )
         await app.state.ledger.start()
+        app.state.key_cache = keys.KeyCache(
+            ttl_s=settings.api.api_key_cache_ttl_s, entries_max=settings.api.api_key_cache_entries_max
+        )
+        assert settings.database.url is not None, "create_pool refused to start without it"
+        app.state.key_cache.start(settings.database.url)
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
         background = await _start_background(app, settings)
@@ -143,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await _stop_background(app, background)
             if app.state.stripe is not None:
                 await app.state.stripe.aclose()
+            await app.state.key_cache.close()
             await app.state.ledger.close()
             if app.state.read_pool is not app.state.pool:
                 await app.state.read_pool.close()
@@ -158,26 +179,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
         "AdviceCreate": prompts.request_json_schema(table_now),
         "CheckoutCreate": billing.checkout_request_json_schema(catalog),
     }
+    state = State(
+        dict(
+            settings=settings,
+            price_tables=price_tables,
+            catalog=catalog,
+            extra_audit_checks=EXTRA_AUDIT_CHECKS,
+            dispatcher=None,
+            stripe=None,
+            key_cache=None,
+        )
+    )
     app = Litestar(
         route_handlers=[*CONTROLLERS, swagger_assets_router()],
         plugins=[StrictStructSchemaPlugin()],
-        guards=[role_guard],
         before_request=before_request,
-        dependencies=DEPENDENCIES,
+        dependencies=dependencies_for(state),
         dto=STRICT_BODY,
         return_dto=None,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        state=State(
-            dict(
-                settings=settings,
-                price_tables=price_tables,
-                catalog=catalog,
-                extra_audit_checks=EXTRA_AUDIT_CHECKS,
-                dispatcher=None,
-                stripe=None,
-            )
-        ),
+        state=state,
         request_max_body_size=settings.api.request_body_bytes_max,
         openapi_config=openapi_config(page_size_max=settings.api.page_size_max, body_refinements=body_refinements),
         logging_config=None,

@@ -17,6 +17,10 @@ API_PORT_DEFAULT = 8000
 WORKER_PORT_DEFAULT = 8100
 CONNECT_TIMEOUT_S = 10
 KEYS_PAGE_SIZE = 500
+MOMENTS_APP = "entitlements.app:create_app_from_env"
+# Chosen by measurement on a 2-core machine with PostgreSQL beside the API (docs/performance.md).
+SERVE_WORKERS_DEFAULT = 1
+SERVE_RUNTIME_THREADS_DEFAULT = 1
 
 
 class CommandFailed(Exception):
@@ -139,7 +143,9 @@ def cmd_audit(_: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _serve(host: str, port: int, workers: int) -> None:
+def serve_asgi(target: str, *, host: str, port: int, workers: int, runtime_threads: int = 1) -> None:
+    """Serves an ASGI app factory with granian; the HTTP benchmark serves its bare app through this too,
+    so both sides of its ratios run on the same server settings."""
     from granian import Granian
     from granian.constants import Interfaces
 
@@ -147,12 +153,13 @@ def _serve(host: str, port: int, workers: int) -> None:
     from generation_client.logs import granian_log_config
 
     Granian(
-        "entitlements.app:create_app_from_env",
+        target,
         factory=True,
         address=host,
         port=port,
         interface=Interfaces.ASGI,
         workers=workers,
+        runtime_threads=runtime_threads,
         log_access=False,
         log_dictconfig=granian_log_config(ApiSettings.from_env().log_format),
     ).serve()
@@ -162,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["DATABASE_URL"] = _database_url()
     if args.no_dispatcher:
         os.environ["DISPATCHER_ENABLED"] = "false"
-    _serve(args.host, args.port, args.workers)
+    serve_asgi(MOMENTS_APP, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -176,6 +183,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             os.environ[name] = str(value)
+    if args.instant:
+        os.environ["WORKER_INSTANT"] = "true"
     serve(args.host, args.port, WorkerSettings.from_env())
     return 0
 
@@ -183,7 +192,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from entitlements.dev import run_dev
 
-    run_dev(api_port=args.port, worker_port=args.worker_port, serve=_serve)
+    def serve(host: str, port: int, workers: int) -> None:
+        serve_asgi(MOMENTS_APP, host=host, port=port, workers=workers)
+
+    run_dev(api_port=args.port, worker_port=args.worker_port, serve=serve)
     return 0
 
 
@@ -204,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the API, with the dispatcher and sweeper")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=API_PORT_DEFAULT)
-    serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.add_argument("--workers", type=int, default=SERVE_WORKERS_DEFAULT, help="server processes")
     serve.add_argument("--no-dispatcher", action="store_true", help="serve the API only")
     serve.set_defaults(handler=cmd_serve)
 
@@ -214,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--failure-rate", type=float, default=None)
     worker.add_argument("--latency-ms", type=int, default=None)
     worker.add_argument("--hang-rate", type=float, default=None)
+    worker.add_argument("--instant", action="store_true", help="fault-free, every job done at once (benchmarks)")
     worker.set_defaults(handler=cmd_worker)
 
     keys = commands.add_parser("keys", help="API keys")

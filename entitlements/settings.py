@@ -98,6 +98,9 @@ class ApiSettings:
     # Prompt advice answers each process keeps (0 keeps none); at most about 22 KB each.
     advice_cache_entries_max: int
     log_format: LogFormat  # "json", "console", or "auto" (console on a TTY)
+    # A cached key is read again from PostgreSQL after this long even if no revocation was heard.
+    api_key_cache_ttl_s: int
+    api_key_cache_entries_max: int
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -112,6 +115,8 @@ class ApiSettings:
             support_grant_moments_max=_int("SUPPORT_GRANT_MOMENTS_MAX", 5_000, minimum=0, maximum=10_000_000),
             advice_cache_entries_max=_int("ADVICE_CACHE_ENTRIES_MAX", 512, minimum=0, maximum=10_000),
             log_format=log_format,
+            api_key_cache_ttl_s=_int("API_KEY_CACHE_TTL_S", 60, minimum=0, maximum=3600),
+            api_key_cache_entries_max=_int("API_KEY_CACHE_ENTRIES_MAX", 10_000, minimum=1, maximum=1_000_000),
         )
 
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any, Literal
 
+import msgspec
 import structlog
 
 LogFormat = Literal["json", "console", "auto"]
@@ -17,21 +18,39 @@ def uses_console(log_format: LogFormat) -> bool:
     return log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
 
 
+_json_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _json_bytes(event: Any, **_: Any) -> bytes:
+    # msgspec instead of the json module: the request line is written on every request.
+    return _json_encoder.encode(event)
+
+
+def _json_text(event: Any, **_: Any) -> str:
+    return _json_encoder.encode(event).decode()
+
+
 def _renderer(log_format: LogFormat) -> Any:
-    return structlog.dev.ConsoleRenderer() if uses_console(log_format) else structlog.processors.JSONRenderer()
+    if uses_console(log_format):
+        return structlog.dev.ConsoleRenderer()
+    return structlog.processors.JSONRenderer(serializer=_json_text)
 
 
 def configure_logging(log_format: LogFormat = "auto") -> None:
+    console = uses_console(log_format)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _renderer(log_format),
+            structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer(serializer=_json_bytes),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # JSON lines go to stderr as bytes, one write per line, without an encode step per event.
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr)
+        if console
+        else structlog.BytesLoggerFactory(file=sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
 

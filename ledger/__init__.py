@@ -3,6 +3,7 @@ idempotency and audit. Imports nothing else of ours."""
 
 from ledger.audit import AuditReport, Check, ExtraCheck, audit
 from ledger.batcher import BatchSettings
+from ledger.companions import Companion
 from ledger.cursors import (
     CURSOR_CHARS_MAX,
     InvalidCursor,
@@ -62,6 +63,7 @@ __all__ = [
     "Capture",
     "Check",
     "Clawback",
+    "Companion",
     "Connection",
     "Credit",
     "ExpireLots",

@@ -19,8 +19,14 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from ledger.companions import Companion
 from ledger.engine import PLAN_SETTINGS, Connection, Engine, Outcome
 from ledger.operations import AnyOperation, LedgerUnavailable
+
+# What a caller queues: an operation alone, or a companion with its operation (ledger/companions.py);
+# what it gets back: the operation's outcome, or the companion, settled.
+Item = AnyOperation | Companion
+Answer = Outcome | Companion
 
 log = structlog.get_logger("moments.ledger.batcher")
 
@@ -43,7 +49,7 @@ class Batcher:
         self._engine = engine
         self._settings = settings or BatchSettings()
         queue_size_max = max(1, self._settings.queue_size_max // self._settings.committers)
-        self._queues: list[asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]]] = [
+        self._queues: list[asyncio.Queue[tuple[Item, asyncio.Future[Answer]]]] = [
             asyncio.Queue(queue_size_max) for _ in range(self._settings.committers)
         ]
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,15 +75,26 @@ class Batcher:
             _fail(waiting, LedgerUnavailable("the ledger is shutting down"))
 
     async def submit(self, operation: AnyOperation) -> Outcome:
+        answer = await self._submit(operation, operation.user_id)
+        assert not isinstance(answer, Companion)
+        return answer
+
+    async def submit_companion(self, companion: Companion) -> Companion:
+        """Runs the companion and its operation in a batch; returns it settled, after the commit."""
+        answer = await self._submit(companion, companion.operation.user_id)
+        assert answer is companion
+        return companion
+
+    async def _submit(self, item: Item, user_id: str) -> Answer:
         assert self._tasks, "Batcher.start() first"
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         # str hashes are stable within a process, which is all the sharding needs.
-        queue = self._queues[hash(operation.user_id) % len(self._queues)]
-        await queue.put((operation, future))
+        queue = self._queues[hash(user_id) % len(self._queues)]
+        await queue.put((item, future))
         return await future
 
-    async def _commit_loop(self, queue: asyncio.Queue[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
-        batch: list[tuple[AnyOperation, asyncio.Future[Outcome]]] = []
+    async def _commit_loop(self, queue: asyncio.Queue[tuple[Item, asyncio.Future[Answer]]]) -> None:
+        batch: list[tuple[Item, asyncio.Future[Answer]]] = []
         try:
             while True:
                 batch = [await queue.get()]
@@ -96,13 +113,13 @@ class Batcher:
             _fail(batch, LedgerUnavailable("the ledger is shutting down"))
             raise
 
-    async def _run(self, batch: list[tuple[AnyOperation, asyncio.Future[Outcome]]]) -> None:
-        operations = [operation for operation, _ in batch]
+    async def _run(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
+        items = [item for item, _ in batch]
         for attempt in range(1, self._settings.batch_attempts_max + 1):
             answered = False
             try:
                 async with self._pool.acquire() as connection:
-                    outcomes = await self._execute(connection, operations)
+                    outcomes = await self._execute(connection, items)
                     # Committed: answer now, not after the pool has reset the connection.
                     for (_, future), outcome in zip(batch, outcomes, strict=True):
                         if not future.done():
@@ -125,12 +142,12 @@ class Batcher:
         for item in batch:
             await self._run([item])
 
-    async def _execute(self, connection: Connection, operations: list[AnyOperation]) -> list[Outcome]:
+    async def _execute(self, connection: Connection, items: list[Item]) -> list[Answer]:
         """One database transaction for the batch; returns once it has committed."""
         # BEGIN and the planner settings in one round trip.
         await connection.execute(f"BEGIN; {PLAN_SETTINGS}")
         try:
-            outcomes = await self._engine.execute(connection, operations, planned=True)
+            answers = await self._apply(connection, items)
             # COMMIT of a transaction that failed is answered ROLLBACK, not an error.
             status = await connection.execute("COMMIT")
             if status != "COMMIT":
@@ -140,10 +157,37 @@ class Batcher:
                 with contextlib.suppress(Exception):
                     await connection.execute("ROLLBACK")
             raise
-        return outcomes
+        return answers
+
+    async def _apply(self, connection: Connection, items: list[Item]) -> list[Answer]:
+        """The companions' `prepare`, the ledger operations still going, the companions' `finish`."""
+        groups: dict[type[Companion], list[Companion]] = {}
+        for item in items:
+            if isinstance(item, Companion):
+                item.reset()  # a retried batch starts over
+                groups.setdefault(type(item), []).append(item)
+        for kind, companions in groups.items():
+            await kind.prepare(connection, companions)
+        running = [index for index, item in enumerate(items) if not (isinstance(item, Companion) and item.settled)]
+        operations = [_operation_of(items[index]) for index in running]
+        outcomes = await self._engine.execute(connection, operations, planned=True) if operations else []
+        answers: list[Answer | None] = [item if isinstance(item, Companion) else None for item in items]
+        for index, outcome in zip(running, outcomes, strict=True):
+            item = items[index]
+            if isinstance(item, Companion):
+                item.outcome = outcome
+            else:
+                answers[index] = outcome
+        for kind, companions in groups.items():
+            await kind.finish(connection, companions)
+        return [answer for answer in answers if answer is not None]
 
 
-def _fail(items: list[tuple[AnyOperation, asyncio.Future[Outcome]]], error: LedgerUnavailable) -> None:
+def _operation_of(item: Item) -> AnyOperation:
+    return item.operation if isinstance(item, Companion) else item
+
+
+def _fail(items: list[tuple[Item, asyncio.Future[Answer]]], error: LedgerUnavailable) -> None:
     """Answers every caller in `items` not answered yet with `error`."""
     for _, future in items:
         if not future.done():

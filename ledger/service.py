@@ -11,6 +11,7 @@ import msgspec
 
 from ledger.audit import AuditReport, ExtraCheck, audit
 from ledger.batcher import Batcher, BatchSettings
+from ledger.companions import Companion
 from ledger.cursors import decode_id_cursor, encode_id_cursor
 from ledger.engine import Connection, Engine, Outcome
 from ledger.operations import AnyOperation, ExpireLots, Result
@@ -92,6 +93,11 @@ class Ledger:
         if isinstance(outcome, LedgerRuleError):
             raise outcome
         return outcome
+
+    async def submit_companion(self, companion: Companion) -> Companion:
+        """Runs another domain's batched writes with their operation in one group commit (companions.py);
+        returns the companion settled, once its batch has committed."""
+        return await self._batcher.submit_companion(companion)
 
     async def outcome(self, operation: AnyOperation) -> Outcome:
         """Like submit, but returns a refusal instead of raising it."""

@@ -446,10 +446,8 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return run_parsed(parser().parse_args(argv))
-
-
-def run_parsed(options: argparse.Namespace) -> int:
+    """`python -m bench` hands every benchmark the whole command line: the options of the others are left."""
+    options, _ = parser().parse_known_args(argv)
     if options.repeat < 1 or options.requests < 1 or options.advice_seconds <= 0:
         print("--repeat and --requests must be at least 1, --advice-seconds above 0", file=sys.stderr)
         return 2

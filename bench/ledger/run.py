@@ -64,10 +64,6 @@ class Report:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    return parser().parse_args(argv)
-
-
-def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -86,7 +82,8 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is not met")
-    return parser
+    options, _ = parser.parse_known_args(argv)
+    return options
 
 
 def machine() -> dict[str, object]:
@@ -433,10 +430,7 @@ def to_json(report: Report) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return run_parsed(parse(argv))
-
-
-def run_parsed(options: argparse.Namespace) -> int:
+    options = parse(argv)
     if options.repeat < 1 or options.duration_s < 1 or options.callers < 1 or options.users < 1:
         print("--repeat, --duration-s, --callers and --users must be at least 1", file=sys.stderr)
         return 2

@@ -54,7 +54,6 @@ class GenerationsController(Controller):
     )
     async def create_generation(
         self,
-        pool: Pool,
         ledger_service: LedgerService,
         catalog: Catalog,
         price_table: PriceTable,
@@ -66,7 +65,6 @@ class GenerationsController(Controller):
         data: JSONBody[GenerationCreate],
     ) -> GenerationOut:
         generation = await service.create(
-            pool=pool,
             ledger_service=ledger_service,
             catalog=catalog,
             table=price_table,

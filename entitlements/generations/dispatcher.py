@@ -43,11 +43,17 @@ log = structlog.get_logger("moments.dispatcher")
 SWEEP_BATCH_MAX = 200
 
 
+# Jobs leased by one claim at most: one statement for many free slots.
+CLAIM_BATCH_MAX = 64
+
+
 @dataclass(frozen=True)
 class ClaimedJob:
     generation_id: uuid.UUID
     attempts: int
     first_submitted_at: datetime | None
+    # The generation as claimed: what the worker needs, and its user and hold for the settlement.
+    row: asyncpg.Record
 
 
 class Dispatcher:
@@ -75,22 +81,29 @@ class Dispatcher:
     async def run(self) -> None:
         assert self._client is not None, "the dispatcher needs GENERATION_WORKER_URL"
         while True:
-            # A slot first, then a job: never hold a lease this process cannot serve.
+            # Slots first, then jobs: never hold a lease this process cannot serve. Every free slot is
+            # taken (acquiring a free slot does not wait), so one claim leases a job for each.
             await self._slots.acquire()
+            slots = 1
+            while slots < CLAIM_BATCH_MAX and not self._slots.locked():
+                await self._slots.acquire()
+                slots += 1
             try:
-                claimed = await self._claim()
+                claimed = await self._claim(slots)
             except (OSError, asyncpg.PostgresError) as error:
                 log.warning("claim_failed", error=repr(error))
-                claimed = None
-            if claimed is None:
+                claimed = []
+            for _ in range(slots - len(claimed)):
                 self._slots.release()
+            if not claimed:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self._settings.poll_interval_s)
                 continue
-            task = asyncio.create_task(self._process_guarded(claimed))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            for job in claimed:
+                task = asyncio.create_task(self._process_guarded(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -99,9 +112,12 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _claim(self) -> ClaimedJob | None:
-        row = await self._pool.fetchrow(queries.CLAIM_JOBS, self.owner, float(self._settings.job_lease_s), 1)
-        return None if row is None else ClaimedJob(row["generation_id"], row["attempts"], row["first_submitted_at"])
+    async def _claim(self, jobs_max: int) -> list[ClaimedJob]:
+        rows = await self._pool.fetch(queries.CLAIM_JOBS, self.owner, float(self._settings.job_lease_s), jobs_max)
+        queued = [row["generation_id"] for row in rows if row["status"] == "queued"]
+        if queued:
+            await self._pool.execute(queries.MARK_RUNNING_MANY, queued)
+        return [ClaimedJob(row["generation_id"], row["attempts"], row["first_submitted_at"], row) for row in rows]
 
     async def _process_guarded(self, job: ClaimedJob) -> None:
         try:
@@ -116,12 +132,10 @@ class Dispatcher:
 
     async def process(self, job: ClaimedJob) -> None:
         assert self._client is not None
-        row = await service.fetch(self._pool, job.generation_id)
+        row = job.row
         if row["status"] not in {"queued", "running"}:
             await service.finish_job(self._pool, job.generation_id)
             return
-        if row["status"] == "queued":
-            await service.mark_running(self._pool, job.generation_id)
         request = JobRequest(
             id=str(job.generation_id),
             image_id=row["image_id"],
@@ -141,6 +155,7 @@ class Dispatcher:
                         self._ledger,
                         job.generation_id,
                         f"render_timeout: no video within {self._settings.render_timeout_s} s",
+                        row=job.row,
                     )
                     return
                 await asyncio.sleep(self._settings.poll_interval_s)
@@ -150,7 +165,9 @@ class Dispatcher:
                 status = await self._client.status(request.id)
             await self._finish(job, status)
         except WorkerRejected as rejected:
-            await service.settle_failure(self._pool, self._ledger, job.generation_id, f"worker_rejected: {rejected}")
+            await service.settle_failure(
+                self._pool, self._ledger, job.generation_id, f"worker_rejected: {rejected}", row=job.row
+            )
         except (WorkerUnavailable, JobNotFound) as unavailable:
             await self._retry_later(job, repr(unavailable))
 
@@ -158,14 +175,16 @@ class Dispatcher:
         assert self._client is not None
         if status.status == "failed":
             await service.settle_failure(
-                self._pool, self._ledger, job.generation_id, f"worker_failed: {status.error or 'unknown'}"
+                self._pool, self._ledger, job.generation_id, f"worker_failed: {status.error or 'unknown'}", row=job.row
             )
             return
         video_dir = self._settings.video_dir
         video_dir.mkdir(parents=True, exist_ok=True)
         destination = Path(video_dir) / f"{job.generation_id}.mp4"
         size_bytes = await self._client.download_result(str(job.generation_id), destination)
-        await service.settle_success(self._pool, self._ledger, job.generation_id, destination.resolve(), size_bytes)
+        await service.settle_success(
+            self._pool, self._ledger, job.generation_id, destination.resolve(), size_bytes, row=job.row
+        )
 
     async def _mark_submitted(self, generation_id: uuid.UUID) -> datetime:
         value = await self._pool.fetchval(queries.MARK_SUBMITTED, generation_id)
@@ -186,6 +205,7 @@ class Dispatcher:
                 self._ledger,
                 job.generation_id,
                 f"worker_unavailable: gave up after {attempts} attempts ({error[:200]})",
+                row=job.row,
             )
             return
         delay_s = backoff_delay_s(
@@ -237,7 +257,12 @@ class Sweeper:
         expired_generations = 0
         for row in await self._pool.fetch(queries.EXPIRED_GENERATIONS, SWEEP_BATCH_MAX):
             if await service.settle_failure(
-                self._pool, self._ledger, row["id"], "hold_expired: the video was not delivered in time", expired=True
+                self._pool,
+                self._ledger,
+                row["id"],
+                "hold_expired: the video was not delivered in time",
+                expired=True,
+                row=row,
             ):
                 expired_generations += 1
         # Every hold today belongs to a generation and is settled above, with its generation; voiding

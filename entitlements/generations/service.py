@@ -8,10 +8,8 @@ serialises the dispatcher, the sweeper and support, so each generation settles e
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -19,9 +17,9 @@ import structlog
 
 import ledger
 import pricing
-from entitlements import idempotency, prompts, quotes, tiers
+from entitlements import idempotency, prompts, quotes
 from entitlements.errors import NotFound, NotRefundable, VideoUnavailable
-from entitlements.generations import queries
+from entitlements.generations import batch, queries
 from entitlements.generations.schemas import (
     GenerationCreate,
     GenerationOut,
@@ -52,11 +50,11 @@ def charged(row: asyncpg.Record) -> int:
     return 0
 
 
-def to_out(row: asyncpg.Record, advice: list[prompts.AdviceItem] | None = None) -> GenerationOut:
+def to_out(row: asyncpg.Record, *, with_advice: bool = True) -> GenerationOut:
     """The generation as the API shows it. Its advice is worked out from the stored prompt and clip each time
-    (pure, and far cheaper than the read), so every reader sees the same advice; none of it is stored."""
-    if advice is None:
-        advice = prompts.advice_items(row["prompt"], duration_s=row["duration_s"], audio=row["audio"])
+    it is shown (answers are kept per process, so a polled generation does not work it out again): every
+    reader sees the same advice, and none of it is stored (`with_advice=False` for an answer the idempotency
+    record keeps; `with_current_advice` adds it on the way out)."""
     return GenerationOut(
         id=str(row["id"]),
         user_id=row["user_id"],
@@ -75,13 +73,15 @@ def to_out(row: asyncpg.Record, advice: list[prompts.AdviceItem] | None = None) 
         video_url=f"/v1/generations/{row['id']}/video" if row["status"] in WITH_VIDEO else None,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        advice=advice,
+        advice=prompts.advice_items(row["prompt"], duration_s=row["duration_s"], audio=row["audio"])
+        if with_advice
+        else [],
     )
 
 
 def with_current_advice(generation: GenerationOut, advice: list[prompts.AdviceItem] | None = None) -> GenerationOut:
-    """A stored answer (an idempotent replay) with the advice of today's rules: it may have been stored
-    before advice existed, or under other rules."""
+    """An answer as the idempotency record keeps it (created or replayed: the record never holds advice, or
+    holds another version's) with the advice of today's rules."""
     if advice is None:
         advice = prompts.advice_items(generation.prompt, duration_s=generation.duration_s, audio=generation.audio)
     return generation if generation.advice == advice else msgspec.structs.replace(generation, advice=advice)
@@ -122,7 +122,6 @@ def hold_reason(quote: pricing.Quote) -> str:
 
 async def create(
     *,
-    pool: asyncpg.Pool,
     ledger_service: ledger.Ledger,
     catalog: pricing.Catalog,
     table: pricing.PriceTable,
@@ -135,63 +134,42 @@ async def create(
     quote = quotes.quote(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
-    fingerprint = idempotency.request_hash("create_generation", user_id, body)
-    # Never a gate: the advice is worked out before the transaction and only shown.
+    fingerprint = idempotency.request_hash(batch.OPERATION, user_id, body)
+    # Never a gate, and never stored: worked out beside the request, added to the answer after it.
     advice = prompts.advice_items(body.prompt, duration_s=quote.duration_s, audio=quote.audio)
-
-    async def create_in(connection: ledger.Connection) -> GenerationOut:
-        # The gate reads inside the transaction; the hold then re-checks debt under the user's row lock.
-        await tiers.check_video_gate(connection, ledger_service, catalog, user_id)
-        generation_id = uuid.uuid4()
-        now = datetime.now(UTC)
-        (outcome,) = await ledger_service.execute_in(
-            connection,
-            [
-                ledger.Hold(
-                    key=f"generation:{generation_id}:hold",
-                    user_id=user_id,
-                    actor=caller.actor,
-                    reason=hold_reason(quote),
-                    reference=f"generation:{generation_id}",
-                    amount=quote.moments,
-                    expires_at=now + timedelta(seconds=hold_ttl_s),
-                )
-            ],
+    generation_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    request = batch.GenerationRequest(
+        hold=ledger.Hold(
+            key=f"generation:{generation_id}:hold",
+            user_id=user_id,
+            actor=caller.actor,
+            reason=hold_reason(quote),
+            reference=f"generation:{generation_id}",
+            amount=quote.moments,
+            expires_at=now + timedelta(seconds=hold_ttl_s),
+        ),
+        generation=batch.new_generation(
+            generation_id=generation_id,
+            user_id=user_id,
+            image_id=body.image_id,
+            prompt=body.prompt,
+            quote=quote,
+            price_version=table.version,
             now=now,
-        )
-        if isinstance(outcome, ledger.LedgerRuleError):
-            raise outcome
-        assert outcome.hold_id is not None
-        await connection.execute(
-            queries.INSERT_GENERATION,
-            generation_id,
-            user_id,
-            body.image_id,
-            body.prompt,
-            quote.mode,
-            quote.resolution,
-            quote.duration_s,
-            quote.audio,
-            quote.moments,
-            table.version,
-            outcome.hold_id,
-            now,
-        )
-        await connection.execute(queries.INSERT_JOB, generation_id)
-        response = to_out(await fetch(connection, generation_id), advice)
-        log.info("generation_created", generation_id=str(generation_id), user_id=user_id, moments=quote.moments)
-        return response
-
-    created = await idempotency.once(
-        pool,
+        ),
         caller_key_id=caller.key_id,
-        key=key,
-        operation="create_generation",
+        idempotency_key=key,
         fingerprint=fingerprint,
-        answer=GenerationOut,
-        work=create_in,
+        catalog=catalog,
     )
-    return with_current_advice(created, advice)
+    # The idempotency claim, the gate, the hold, the rows and the stored answer in the ledger's group commit.
+    settled = await ledger_service.submit_companion(request)
+    assert isinstance(settled, batch.GenerationRequest)
+    response = settled.result()
+    # On the request's own log line (one line per request), not a line of its own.
+    structlog.contextvars.bind_contextvars(generation_id=response.id, replayed=response.id != str(generation_id))
+    return with_current_advice(response, advice)
 
 
 async def list_for_user(
@@ -225,14 +203,19 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
 
 
 async def settle_success(
-    pool: asyncpg.Pool, ledger_service: ledger.Ledger, generation_id: uuid.UUID, video_path: Path, video_bytes: int
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    generation_id: uuid.UUID,
+    video_path: Path,
+    video_bytes: int,
+    *,
+    row: asyncpg.Record | None = None,
 ) -> bool:
-    """Captures the hold and marks the generation succeeded, once; False if it had already settled."""
-    settled = await _settle(
-        pool,
-        ledger_service,
-        generation_id,
-        lambda row: ledger.Capture(
+    """Captures the hold and marks the generation succeeded, once; False if it had already settled.
+    `row`: the generation as the caller already read it (its user and hold never change)."""
+    row = row or await fetch(pool, generation_id)
+    settlement = batch.Settlement(
+        ledger.Capture(
             key=f"generation:{generation_id}:capture",
             user_id=row["user_id"],
             actor=SETTLER,
@@ -240,24 +223,29 @@ async def settle_success(
             reference=f"generation:{generation_id}",
             hold_id=row["hold_id"],
         ),
-        queries.MARK_SUCCEEDED,
-        str(video_path),
-        video_bytes,
+        generation_id=generation_id,
+        video_path=str(video_path),
+        video_bytes=video_bytes,
     )
+    settled = await _settle(ledger_service, settlement)
     if settled:
         log.info("generation_succeeded", generation_id=str(generation_id))
     return settled
 
 
 async def settle_failure(
-    pool: asyncpg.Pool, ledger_service: ledger.Ledger, generation_id: uuid.UUID, error: str, *, expired: bool = False
+    pool: asyncpg.Pool,
+    ledger_service: ledger.Ledger,
+    generation_id: uuid.UUID,
+    error: str,
+    *,
+    expired: bool = False,
+    row: asyncpg.Record | None = None,
 ) -> bool:
     """Voids the hold (the user gets every moment back) and marks the generation failed, once."""
-    settled = await _settle(
-        pool,
-        ledger_service,
-        generation_id,
-        lambda row: ledger.Void(
+    row = row or await fetch(pool, generation_id)
+    settlement = batch.Settlement(
+        ledger.Void(
             key=f"generation:{generation_id}:void",
             user_id=row["user_id"],
             actor=SWEEPER if expired else SETTLER,
@@ -266,45 +254,27 @@ async def settle_failure(
             hold_id=row["hold_id"],
             expired=expired,
         ),
-        queries.MARK_FAILED,
-        error[:ERROR_CHARS_MAX],
+        generation_id=generation_id,
+        error=error[:ERROR_CHARS_MAX],
     )
+    settled = await _settle(ledger_service, settlement)
     if settled:
         log.info("generation_failed", generation_id=str(generation_id), error=error[:200])
     return settled
 
 
-async def _settle(
-    pool: asyncpg.Pool,
-    ledger_service: ledger.Ledger,
-    generation_id: uuid.UUID,
-    settle_hold: Callable[[asyncpg.Record], ledger.Capture | ledger.Void],
-    update_generation: str,
-    *update_arguments: Any,
-) -> bool:
-    """One transaction under the generation's row lock: the hold's capture or void, the generation's final
-    status and the job's end, or nothing at all if another settler got there first."""
-    async with pool.acquire() as connection, connection.transaction():
-        row = await fetch(connection, generation_id, lock=True)
-        if row["status"] not in UNSETTLED:
-            await finish_job(connection, generation_id)
-            return False
-        (outcome,) = await ledger_service.execute_in(connection, [settle_hold(row)])
-        if isinstance(outcome, ledger.LedgerRuleError):
-            # The hold is no longer open although the generation is unsettled: settle nothing, roll back.
-            log.error("settlement_refused", generation_id=str(generation_id), error=str(outcome))
-            raise outcome
-        await connection.execute(update_generation, generation_id, *update_arguments)
-        await finish_job(connection, generation_id)
-    return True
+async def _settle(ledger_service: ledger.Ledger, settlement: batch.Settlement) -> bool:
+    """The hold's capture or void, the generation's final status and the job's end, in the ledger's group
+    commit, under the generation's row lock; or only the job's end if another settler got there first."""
+    await ledger_service.submit_companion(settlement)
+    if isinstance(settlement.error, ledger.LedgerRuleError):
+        log.error("settlement_refused", generation_id=str(settlement.generation_id), error=str(settlement.error))
+    settled: bool = settlement.result()
+    return settled
 
 
 async def finish_job(connection: ledger.Connection | asyncpg.Pool, generation_id: uuid.UUID) -> None:
     await connection.execute(queries.FINISH_JOB, generation_id)
-
-
-async def mark_running(pool: asyncpg.Pool, generation_id: uuid.UUID) -> None:
-    await pool.execute(queries.MARK_RUNNING, generation_id)
 
 
 async def refund(
@@ -346,7 +316,9 @@ async def refund(
         assert outcome.transaction_id is not None
         await connection.execute(queries.MARK_REFUNDED if amount == remaining else queries.TOUCH, parsed_id)
         after = await fetch(connection, parsed_id)
-        response = RefundOut(transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after))
+        response = RefundOut(
+            transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after, with_advice=False)
+        )
         return response
 
     refunded = await idempotency.once(

@@ -13,16 +13,22 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from entitlements.errors import Forbidden, Unauthorized
-from entitlements.keys import find_caller
 
 AUTHORIZATION_HEADER_CHARS_MAX = 512
 OPENAPI_PATH_PREFIX = "/schema"
 
 
+# Where the role check leaves the caller for the handler's `caller` dependency: in the ASGI scope itself,
+# which costs nothing to read (Litestar builds a State object each time `connection.state` is read).
+CALLER_SCOPE_KEY = "moments.caller"
+
+
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    header = connection.headers.get("authorization")
-    if not header or len(header) > AUTHORIZATION_HEADER_CHARS_MAX:
+    # Straight from the scope's raw headers: this runs on every request.
+    raw = next((value for name, value in connection.scope["headers"] if name == b"authorization"), None)
+    if raw is None or len(raw) > AUTHORIZATION_HEADER_CHARS_MAX:
         return None
+    header = raw.decode("latin-1")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
@@ -43,10 +49,10 @@ async def role_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     token = bearer_token(connection)
     if token is None:
         raise Unauthorized("a bearer API key is required (Authorization: Bearer <key>)")
-    caller = await find_caller(connection.app.state.pool, token)
+    caller = await connection.app.state.key_cache.find(connection.app.state.pool, token)
     if caller is None:
         raise Unauthorized("unknown or revoked API key")
-    connection.state.caller = caller
+    connection.scope[CALLER_SCOPE_KEY] = caller  # type: ignore[literal-required]
     structlog.contextvars.bind_contextvars(key_id=caller.key_id, role=caller.role)
     allowed = allowed_roles(handler)
     if caller.role not in allowed:

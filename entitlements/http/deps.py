@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 import ledger
 import pricing
 from entitlements.http.params import Window
-from entitlements.keys import Caller
+from entitlements.keys import Caller, KeyCache
 from entitlements.settings import Settings
 
 Pool: TypeAlias = NamedDependency[asyncpg.Pool]
@@ -21,6 +21,7 @@ PriceTable: TypeAlias = NamedDependency[pricing.PriceTable]
 AppSettings: TypeAlias = NamedDependency[Settings]
 AuditChecks: TypeAlias = NamedDependency[Sequence[ledger.ExtraCheck]]
 TheCaller: TypeAlias = NamedDependency[Caller]
+KeyCacheOfProcess: TypeAlias = NamedDependency[KeyCache]
 IdempotencyKey: TypeAlias = NamedDependency[str]
 PageLimit: TypeAlias = NamedDependency[int]
 TimeWindow: TypeAlias = NamedDependency[Window]

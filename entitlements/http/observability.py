@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from litestar.enums import ScopeType
@@ -17,6 +18,7 @@ _REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 REQUESTS = Counter("moments_http_requests_total", "HTTP requests", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram("moments_http_request_seconds", "HTTP request latency", ["method", "route"])
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def metrics_text() -> bytes:
@@ -53,8 +55,11 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
             elapsed_s = time.perf_counter() - started
             route = scope.get("path_template") or _route_of(scope)
             method = scope.get("method", "")
-            REQUESTS.labels(method, route, str(status)).inc()
-            REQUEST_SECONDS.labels(method, route).observe(elapsed_s)
+            # A label value per invented method would let anyone grow /metrics (and this module's cache).
+            method_label = method if method in METHOD_LABELS else "OTHER"
+            counter, histogram = _series(method_label, route, status)
+            counter.inc()
+            histogram.observe(elapsed_s)
             # Only the path: query strings may carry cursors, never keys, but stay terse anyway.
             log.info(
                 "request",
@@ -66,6 +71,19 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
             structlog.contextvars.clear_contextvars()
 
     return middleware
+
+
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request's counter and histogram, looked up once per (method, route, status): `labels()` costs
+    more than the increment itself."""
+    key = (method, route, status)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (REQUESTS.labels(method, route, str(status)), REQUEST_SECONDS.labels(method, route))
+    return found
 
 
 def _route_of(scope: Scope) -> str:

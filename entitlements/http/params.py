@@ -16,6 +16,7 @@ from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
 import ledger
 from entitlements.errors import IdempotencyKeyRequired, ValidationFailed
+from entitlements.http.auth import CALLER_SCOPE_KEY
 from entitlements.keys import Caller
 from entitlements.schemas import IDEMPOTENCY_KEY_CHARS_MAX, USER_ID_CHARS_MAX, USER_ID_PATTERN, aware
 from entitlements.settings import Settings
@@ -95,6 +96,6 @@ def provide_window(
 
 
 def provide_caller(request: Request[Any, Any, Any]) -> Caller:
-    caller = request.state.get("caller")
+    caller = request.scope.get(CALLER_SCOPE_KEY)
     assert isinstance(caller, Caller), "the role guard runs before every handler that asks for its caller"
     return caller

@@ -1,4 +1,4 @@
-"""Requests read as the contract says, where Litestar is lenient, in one `before_request` hook:
+"""Requests read as the contract says, where Litestar is lenient (called from the `before_request` hook):
 
 - a query parameter is given at most once (Litestar keeps one of `limit=5&limit=7` silently);
 - a typed query parameter is written in its type's text form, as the document says: `null` is not a value
@@ -99,14 +99,16 @@ def _allow_header(request: Request[Any, Any, Any]) -> str:
     return allow
 
 
-async def before_request(request: Request[Any, Any, Any]) -> Response[None] | None:
+def options_response(request: Request[Any, Any, Any]) -> Response[None]:
+    return Response(
+        None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": _allow_header(request)}, media_type=MediaType.TEXT
+    )
+
+
+def check_query(request: Request[Any, Any, Any]) -> None:
     handler = request.route_handler
-    if request.method == "OPTIONS":
-        return Response(
-            None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": _allow_header(request)}, media_type=MediaType.TEXT
-        )
     if not isinstance(handler, HTTPRouteHandler) or not request.scope.get("query_string"):
-        return None
+        return
     typed = _typed_parameters(request, handler)
     seen: set[str] = set()
     for name, value in request.query_params.multi_items():
@@ -116,4 +118,3 @@ async def before_request(request: Request[Any, Any, Any]) -> Response[None] | No
         refusal = _text_form_refusal(typed[name], value) if name in typed else None
         if refusal is not None:
             raise ValidationFailed(name, refusal)
-    return None

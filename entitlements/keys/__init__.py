@@ -1,5 +1,6 @@
 """API keys and their roles."""
 
+from entitlements.keys.cache import KeyCache
 from entitlements.keys.schemas import ROLES, KeyCreate, KeyCreated, KeyOut, KeysPage, Role
 from entitlements.keys.service import (
     KEY_PREFIX,
@@ -17,6 +18,7 @@ __all__ = [
     "KEY_PREFIX",
     "ROLES",
     "Caller",
+    "KeyCache",
     "KeyCreate",
     "KeyCreated",
     "KeyOut",

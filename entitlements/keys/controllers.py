@@ -7,7 +7,7 @@ from typing import Annotated
 from litestar import Controller, get, post
 from litestar.params import JSONBody, PathParameter
 
-from entitlements.http import CursorQuery, PageLimit, Pool
+from entitlements.http import CursorQuery, KeyCacheOfProcess, PageLimit, Pool
 from entitlements.keys import service
 from entitlements.keys.schemas import KeyCreate, KeyCreated, KeyOut, KeysPage
 
@@ -30,8 +30,10 @@ class KeysController(Controller):
         return await service.create_key(pool, role=data.role, name=data.name)
 
     @post("/{key_id:int}/revoke", operation_id="revokeKey", summary="Revoke a key, at once", status_code=200)
-    async def revoke_key(self, pool: Pool, key_id: KeyIdPath) -> KeyOut:
-        return await service.revoke_key(pool, key_id)
+    async def revoke_key(self, pool: Pool, key_cache: KeyCacheOfProcess, key_id: KeyIdPath) -> KeyOut:
+        # Answered once the revocation's notification has gone round (keys/cache.py).
+        async with key_cache.change_heard(key_id):
+            return await service.revoke_key(pool, key_id)
 
     @post(
         "/{key_id:int}/rotate",
@@ -39,5 +41,6 @@ class KeysController(Controller):
         summary="A new key of the same name and role; the old one is revoked",
         status_code=201,
     )
-    async def rotate_key(self, pool: Pool, key_id: KeyIdPath) -> KeyCreated:
-        return await service.rotate_key(pool, key_id)
+    async def rotate_key(self, pool: Pool, key_cache: KeyCacheOfProcess, key_id: KeyIdPath) -> KeyCreated:
+        async with key_cache.change_heard(key_id):
+            return await service.rotate_key(pool, key_id)

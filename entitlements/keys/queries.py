@@ -1,5 +1,8 @@
 """Every SQL statement of API keys."""
 
+# Notified by a trigger on every change to a key row (migrations/0005); the payload is the key's id.
+KEYS_CHANNEL = "moments_api_keys"
+
 INSERT_KEY = """
 INSERT INTO api_keys (name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4)
 RETURNING id, name, role, key_prefix, created_at, last_used_at, revoked_at

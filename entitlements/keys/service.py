@@ -1,8 +1,8 @@
 """API keys: create, list, revoke, rotate, and find the caller of a request.
 
 A key is `mk_` + 256 random bits; only its SHA-256 is stored, so a fast hash suffices (no stretching)
-and a request finds its key by one index probe. Every request reads the key from PostgreSQL, so a key
-revoked by any process is refused by every process from its next request on.
+and a request finds its key by one index probe. Each process caches the keys it has seen and forgets a
+key the moment any process changes it (`cache.py`), so a revoked key is refused everywhere at once.
 """
 
 from __future__ import annotations
@@ -63,11 +63,14 @@ async def create_key(connection: ledger.Connection | asyncpg.Pool, *, role: Role
     return KeyCreated(key=raw_key, api_key=_key_out(row))
 
 
-async def find_caller(pool: asyncpg.Pool, raw_key: str) -> Caller | None:
-    row = await pool.fetchrow(queries.FIND_CALLER, hash_key(raw_key), LAST_USED_RESOLUTION_S)
-    if row is None:
-        return None
+def row_to_caller(row: asyncpg.Record) -> Caller:
     return Caller(row["id"], row["name"], row["role"])
+
+
+async def find_caller(pool: asyncpg.Pool, raw_key: str) -> Caller | None:
+    """The caller of a raw key, read from PostgreSQL (requests go through the process's KeyCache)."""
+    row = await pool.fetchrow(queries.FIND_CALLER, hash_key(raw_key), LAST_USED_RESOLUTION_S)
+    return None if row is None else row_to_caller(row)
 
 
 async def list_keys(pool: asyncpg.Pool, *, limit: int, cursor: str | None) -> KeysPage:

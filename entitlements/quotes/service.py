@@ -30,7 +30,18 @@ def quote_out(quote: pricing.Quote) -> QuoteOut:
     )
 
 
+_documents: dict[str, PricingOut] = {}
+
+
 def pricing_document(table: pricing.PriceTable) -> PricingOut:
+    """Built once per published table (a version is never edited), not once per request."""
+    document = _documents.get(table.version)
+    if document is None:
+        document = _documents[table.version] = _build_document(table)
+    return document
+
+
+def _build_document(table: pricing.PriceTable) -> PricingOut:
     return PricingOut(
         version=table.version,
         effective_from=table.effective_from.isoformat().replace("+00:00", "Z"),

@@ -1,5 +1,5 @@
 """Subscription tiers and the video gate."""
 
-from entitlements.tiers.service import check_video_gate, set_manual_tier, tier_of, video_refusal
+from entitlements.tiers.service import set_manual_tier, tier_of, video_refusal
 
-__all__ = ["check_video_gate", "set_manual_tier", "tier_of", "video_refusal"]
+__all__ = ["set_manual_tier", "tier_of", "video_refusal"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get, put
 from litestar.params import JSONBody
 
-from entitlements.http import Catalog, LedgerService, Pool, PriceTable, UserIdPath
+from entitlements.http import Catalog, Pool, PriceTable, UserIdPath
 from entitlements.tiers import service
 from entitlements.tiers.schemas import EntitlementsOut, SubscriptionOut, SubscriptionSet
 
@@ -33,9 +33,8 @@ class TiersController(Controller):
     async def get_entitlements(
         self,
         pool: Pool,
-        ledger_service: LedgerService,
         catalog: Catalog,
         price_table: PriceTable,
         user_id: UserIdPath,
     ) -> EntitlementsOut:
-        return await service.entitlements(pool, ledger_service, catalog, price_table, user_id)
+        return await service.entitlements(pool, catalog, price_table, user_id)

@@ -12,7 +12,6 @@ import asyncpg
 
 import ledger
 import pricing
-from entitlements.errors import InDebt, TierRequired
 from entitlements.quotes import cheapest_moments
 from entitlements.schemas import Balance
 from entitlements.tiers import queries
@@ -42,35 +41,22 @@ def video_refusal(catalog: pricing.Catalog, tier: str, owed: int) -> Literal["ti
     return None
 
 
-async def check_video_gate(
-    connection: ledger.Connection, ledger_service: ledger.Ledger, catalog: pricing.Catalog, user_id: str
-) -> None:
-    """Inside the caller's transaction: raises what refuses this user a video now (tier, then debt)."""
-    tier = await tier_of(connection, user_id)
-    owed = (await ledger_service.balances(user_id, connection=connection)).owed
-    refusal = video_refusal(catalog, tier, owed)
-    if refusal == "tier_required":
-        raise TierRequired(f"video generation needs a PREMIUM or ULTIMATE tier; {user_id} is {tier}")
-    if refusal == "in_debt":
-        raise InDebt(f"{user_id} owes {owed} moments; debt blocks video generation", owed=owed)
-
-
 async def entitlements(
     pool: asyncpg.Pool,
-    ledger_service: ledger.Ledger,
     catalog: pricing.Catalog,
     table: pricing.PriceTable,
     user_id: str,
 ) -> EntitlementsOut:
-    tier = await tier_of(pool, user_id)
-    balances = await ledger_service.balances(user_id)
-    reason: Refusal | None = video_refusal(catalog, tier, balances.owed)
-    if reason is None and balances.available < cheapest_moments(table):
+    row = await pool.fetchrow(queries.TIER_AND_BALANCES, user_id, pricing.FREE_TIER)
+    assert row is not None, "the query answers one row for any user"
+    tier = row["tier"] if row["tier"] in pricing.TIER_NAMES else pricing.FREE_TIER
+    reason: Refusal | None = video_refusal(catalog, tier, row["owed"])
+    if reason is None and row["available"] < cheapest_moments(table):
         reason = "insufficient_moments"
     return EntitlementsOut(
         user_id=user_id,
         tier=tier,
-        balance=Balance(available=balances.available, held=balances.held),
-        owed=balances.owed,
+        balance=Balance(available=row["available"], held=row["held"]),
+        owed=row["owed"],
         video=VideoEntitlement(allowed=reason is None, reason=reason),
     )

@@ -29,6 +29,7 @@ ENVIRONMENT_VARIABLES: Final = {
     "max_concurrent_renders": "WORKER_MAX_CONCURRENT_RENDERS",
     "seed": "WORKER_SEED",
     "active_jobs_max": "WORKER_ACTIVE_JOBS_MAX",
+    "instant": "WORKER_INSTANT",
 }
 
 _Number = TypeVar("_Number", int, float)
@@ -65,8 +66,13 @@ class WorkerSettings:
     active_jobs_max: int = ACTIVE_JOBS_MAX_DEFAULT
     # "json", "console", or "auto" (console on a terminal, JSON otherwise), as the API's LOG_FORMAT.
     log_format: LogFormat = "auto"
+    # Fault-free and at once: every job succeeds in its submit, with a clip rendered once per resolution,
+    # duration and audio and then shared. For measuring the dispatcher, never for a real deployment.
+    instant: bool = False
 
     def __post_init__(self) -> None:
+        if self.instant and (self.failure_rate or self.hang_rate or self.latency_ms):
+            raise ValueError(f"{_name('instant')} is fault-free: it takes no failure rate, hang rate or latency")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format}")
         if not 0.0 <= self.failure_rate <= 1.0:
@@ -106,6 +112,7 @@ class WorkerSettings:
             seed=_parse(env, "WORKER_SEED", int, 0) if seed else None,
             active_jobs_max=_parse(env, "WORKER_ACTIVE_JOBS_MAX", int, ACTIVE_JOBS_MAX_DEFAULT),
             log_format=env.get("LOG_FORMAT", "").strip() or "auto",  # type: ignore[arg-type]
+            instant=_flag(env, "WORKER_INSTANT"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -124,7 +131,17 @@ class WorkerSettings:
             "WORKER_SEED": "" if self.seed is None else str(self.seed),
             "WORKER_ACTIVE_JOBS_MAX": str(self.active_jobs_max),
             "LOG_FORMAT": self.log_format,
+            "WORKER_INSTANT": "true" if self.instant else "false",
         }
+
+
+def _flag(env: Mapping[str, str], variable: str) -> bool:
+    raw = env.get(variable, "").strip().lower()
+    if raw in {"", "0", "false", "no", "off"}:
+        return False
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    raise ValueError(f"{variable} must be true or false, got {raw!r}")
 
 
 def _parse(env: Mapping[str, str], variable: str, parse: type[_Number], default: _Number) -> _Number:

@@ -477,23 +477,27 @@ async def test_expired_hold_is_voided_by_the_sweeper_once(database_url: str, poo
         hold = await hold_of(pool, generation["id"])
         assert 4 <= (hold["expires_at"] - hold["created_at"]).total_seconds() <= 6
 
-        sweeper = Sweeper(pool, ledger.Ledger(pool), settings_for(database_url, hold_ttl_s=5).generation)
-        # Not expired yet: the sweeper leaves it alone.
-        assert (await sweeper.sweep_once())["generations"] == 0
-        assert (await get_generation(api, generation["id"]))["status"] == "queued"
+        # Settlements run in the ledger's group commit: the ledger must be running.
+        async with ledger.Ledger(pool) as running_ledger:
+            sweeper = Sweeper(pool, running_ledger, settings_for(database_url, hold_ttl_s=5).generation)
+            # Not expired yet: the sweeper leaves it alone.
+            assert (await sweeper.sweep_once())["generations"] == 0
+            assert (await get_generation(api, generation["id"]))["status"] == "queued"
 
-        # The guard trigger lets expires_at change (only status and amounts are frozen).
-        await pool.execute("UPDATE ledger_holds SET expires_at = now() - interval '1 s' WHERE id = $1", hold["id"])
-        assert (await sweeper.sweep_once())["generations"] == 1
-        failed = await assert_failed_and_returned_once(
-            api, pool, generation["id"], error_prefix="hold_expired", granted=1_000, hold_status="expired"
-        )
-        transactions = await pool.fetchval("SELECT count(*) FROM ledger_transactions")
+            # The guard trigger lets expires_at change (only status and amounts are frozen).
+            await pool.execute("UPDATE ledger_holds SET expires_at = now() - interval '1 s' WHERE id = $1", hold["id"])
+            assert (await sweeper.sweep_once())["generations"] == 1
+            failed = await assert_failed_and_returned_once(
+                api, pool, generation["id"], error_prefix="hold_expired", granted=1_000, hold_status="expired"
+            )
+            transactions = await pool.fetchval("SELECT count(*) FROM ledger_transactions")
 
-        assert (await sweeper.sweep_once())["generations"] == 0
-        assert await pool.fetchval("SELECT count(*) FROM ledger_transactions") == transactions
-        assert await get_generation(api, generation["id"]) == failed
-        assert await pool.fetchval("SELECT done FROM generation_jobs WHERE generation_id = $1::uuid", generation["id"])
+            assert (await sweeper.sweep_once())["generations"] == 0
+            assert await pool.fetchval("SELECT count(*) FROM ledger_transactions") == transactions
+            assert await get_generation(api, generation["id"]) == failed
+            assert await pool.fetchval(
+                "SELECT done FROM generation_jobs WHERE generation_id = $1::uuid", generation["id"]
+            )
         await assert_audit_ok(api)
 
 
