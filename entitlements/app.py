@@ -25,7 +25,7 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, generations, keys, quotes
+from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
@@ -46,6 +46,7 @@ from entitlements.http.hooks import before_request
 from entitlements.http.observability import request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
 from entitlements.keys.controllers import KeysController
+from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.settings import ConsoleSettings, GenerationSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
@@ -60,6 +61,7 @@ METRICS_READERS = (billing.refresh_metrics,)
 CONTROLLERS = (
     HealthController,
     QuotesController,
+    PromptsController,
     TiersController,
     AccountsController,
     GenerationsController,
@@ -148,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging(settings.api.log_format)
     resolve_dependencies_in_order()
+    prompts.configure_cache(settings.api.advice_cache_entries_max)
     # Loaded and validated before serving: an incomplete or invalid table stops the service here.
     price_tables = pricing.load_tables()
     catalog = pricing.load_catalog()
@@ -186,10 +189,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     # The document is the whole contract: request bodies whose rules are data (the price grid, the catalog)
     # are described from that data, so what the document calls valid is what the service accepts.
-    grid = quotes.request_json_schema(pricing.current_table(price_tables, datetime.now(UTC)))
+    table_now = pricing.current_table(price_tables, datetime.now(UTC))
+    grid = quotes.request_json_schema(table_now)
     body_refinements = {
         "QuoteCreate": grid,
         "GenerationCreate": grid,
+        "AdviceCreate": prompts.request_json_schema(table_now),
         "CheckoutCreate": billing.checkout_request_json_schema(catalog),
     }
     state = State(

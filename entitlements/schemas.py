@@ -32,6 +32,8 @@ _USER_ID = re.compile(USER_ID_PATTERN)
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_CHARS_MAX, pattern=USER_ID_PATTERN)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=REASON_CHARS_MAX, pattern=TEXT_PATTERN)]
+# A generation's prompt, and what prompt advice reads: one rule for both.
+Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=PROMPT_CHARS_MAX, pattern=TEXT_PATTERN)]
 
 
 def aware(value: datetime | None, field: str = "timestamp") -> datetime | None:

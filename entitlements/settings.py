@@ -101,6 +101,8 @@ class ApiSettings:
     approval_threshold_moments: int
     # A pending approval not decided within this long can no longer be approved.
     approval_ttl_s: int
+    # Prompt advice answers each process keeps (0 keeps none); at most about 22 KB each.
+    advice_cache_entries_max: int
     log_format: LogFormat  # "json", "console", or "auto" (console on a TTY)
     # A cached key is read again from PostgreSQL after this long even if no revocation was heard.
     api_key_cache_ttl_s: int
@@ -122,6 +124,7 @@ class ApiSettings:
             ),
             approval_threshold_moments=_int("APPROVAL_THRESHOLD_MOMENTS", 2_000, minimum=0, maximum=10_000_000),
             approval_ttl_s=_int("APPROVAL_TTL_S", 7 * 86_400, minimum=60, maximum=90 * 86_400),
+            advice_cache_entries_max=_int("ADVICE_CACHE_ENTRIES_MAX", 512, minimum=0, maximum=10_000),
             log_format=log_format,
             api_key_cache_ttl_s=_int("API_KEY_CACHE_TTL_S", 60, minimum=0, maximum=3600),
             api_key_cache_entries_max=_int("API_KEY_CACHE_ENTRIES_MAX", 10_000, minimum=1, maximum=1_000_000),

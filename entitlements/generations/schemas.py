@@ -9,15 +9,9 @@ import msgspec
 
 import ledger
 from entitlements.approvals import ApprovalPending
+from entitlements.prompts import AdviceItem
 from entitlements.quotes import DurationS, ModeName, ResolutionName
-from entitlements.schemas import (
-    IMAGE_ID_CHARS_MAX,
-    IMAGE_ID_PATTERN,
-    PROMPT_CHARS_MAX,
-    TEXT_PATTERN,
-    Reason,
-    Struct,
-)
+from entitlements.schemas import IMAGE_ID_CHARS_MAX, IMAGE_ID_PATTERN, Prompt, Reason, Struct
 
 GenerationStatus = Literal["queued", "running", "succeeded", "failed", "refunded"]
 ImageId = Annotated[str, msgspec.Meta(min_length=1, max_length=IMAGE_ID_CHARS_MAX, pattern=IMAGE_ID_PATTERN)]
@@ -25,7 +19,7 @@ ImageId = Annotated[str, msgspec.Meta(min_length=1, max_length=IMAGE_ID_CHARS_MA
 
 class GenerationCreate(Struct, frozen=True):
     image_id: ImageId
-    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=PROMPT_CHARS_MAX, pattern=TEXT_PATTERN)]
+    prompt: Prompt
     mode: ModeName
     resolution: ResolutionName | None = None
     duration_s: DurationS | None = None
@@ -59,6 +53,9 @@ class GenerationOut(Struct, frozen=True):
     video_url: str | None
     created_at: datetime
     updated_at: datetime
+    # The guide's advice on the prompt, worked out from the prompt whenever the generation is shown (never
+    # stored). The default reads answers stored before advice existed (idempotent replays).
+    advice: list[AdviceItem] = msgspec.field(default_factory=list)
 
 
 class RefundOut(Struct, frozen=True):

@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import structlog
 
 import ledger
 import pricing
-from entitlements import approvals, idempotency, quotes
+from entitlements import approvals, idempotency, prompts, quotes
 from entitlements.approvals import ApprovalOut
 from entitlements.errors import NotFound, NotRefundable, Unavailable, VideoUnavailable
 from entitlements.generations import batch, queries
@@ -56,7 +57,11 @@ def charged(row: asyncpg.Record) -> int:
     return 0
 
 
-def to_out(row: asyncpg.Record) -> GenerationOut:
+def to_out(row: asyncpg.Record, *, with_advice: bool = True) -> GenerationOut:
+    """The generation as the API shows it. Its advice is worked out from the stored prompt and clip each time
+    it is shown (answers are kept per process, so a polled generation does not work it out again): every
+    reader sees the same advice, and none of it is stored (`with_advice=False` for an answer the idempotency
+    record keeps; `with_current_advice` adds it on the way out)."""
     return GenerationOut(
         id=str(row["id"]),
         user_id=row["user_id"],
@@ -75,7 +80,18 @@ def to_out(row: asyncpg.Record) -> GenerationOut:
         video_url=f"/v1/generations/{row['id']}/video" if row["status"] in WITH_VIDEO else None,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        advice=prompts.advice_items(row["prompt"], duration_s=row["duration_s"], audio=row["audio"])
+        if with_advice
+        else [],
     )
+
+
+def with_current_advice(generation: GenerationOut, advice: list[prompts.AdviceItem] | None = None) -> GenerationOut:
+    """An answer as the idempotency record keeps it (created or replayed: the record never holds advice, or
+    holds another version's) with the advice of today's rules."""
+    if advice is None:
+        advice = prompts.advice_items(generation.prompt, duration_s=generation.duration_s, audio=generation.audio)
+    return generation if generation.advice == advice else msgspec.structs.replace(generation, advice=advice)
 
 
 def parse_generation_id(generation_id: str) -> uuid.UUID:
@@ -135,6 +151,8 @@ async def create(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
     fingerprint = idempotency.request_hash(batch.OPERATION, user_id, body)
+    # Never a gate, and never stored: worked out beside the request, added to the answer after it.
+    advice = prompts.advice_items(body.prompt, duration_s=quote.duration_s, audio=quote.audio)
     generation_id = uuid.uuid4()
     now = datetime.now(UTC)
     request = batch.GenerationRequest(
@@ -167,7 +185,7 @@ async def create(
     response = settled.result()
     # On the request's own log line (one line per request), not a line of its own.
     structlog.contextvars.bind_contextvars(generation_id=response.id, replayed=response.id != str(generation_id))
-    return response
+    return with_current_advice(response, advice)
 
 
 async def list_for_user(
@@ -287,7 +305,7 @@ async def refund(
 ) -> RefundAnswer:
     """Refunds a delivered generation now, or (support, above the threshold) files it for approval."""
     parsed_id = parse_generation_id(generation_id)
-    return await idempotency.once(
+    answer = await idempotency.once(
         pool,
         caller_key_id=caller.key_id,
         key=key,
@@ -296,6 +314,13 @@ async def refund(
         answer=RefundAnswer,
         work=lambda connection: _refund_in(connection, ledger_service, caller, parsed_id, body, key=key, limits=limits),
     )
+    if answer.refunded is None:
+        return answer
+    # The stored answer carries no advice (it may predate the rules): today's is added on the way out.
+    generation = with_current_advice(answer.refunded.generation)
+    if generation is answer.refunded.generation:
+        return answer
+    return msgspec.structs.replace(answer, refunded=msgspec.structs.replace(answer.refunded, generation=generation))
 
 
 async def preview_refund(
@@ -395,7 +420,9 @@ async def _apply_refund(
     assert outcome.transaction_id is not None
     await connection.execute(queries.MARK_REFUNDED if amount == charged(row) else queries.TOUCH, generation_id)
     after = await fetch(connection, generation_id)
-    return RefundOut(transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after))
+    return RefundOut(
+        transaction_id=outcome.transaction_id, refunded=amount, generation=to_out(after, with_advice=False)
+    )
 
 
 async def refund_approved(connection: ledger.Connection, ledger_service: ledger.Ledger, approval: ApprovalOut) -> int:

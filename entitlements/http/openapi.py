@@ -52,6 +52,8 @@ _METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 # the services it describes: a code raised but not listed here fails the contract test (schemathesis).
 RAISES: dict[str, tuple[str, ...]] = {
     "readyz": ("not_ready",),
+    # Advice is never a gate: beyond bad input (implied by its body) it refuses nothing.
+    "advisePrompt": (),
     "createGrant": ("conflict",),
     "createGeneration": ("tier_required", "insufficient_moments", "in_debt", "conflict"),
     "getGeneration": ("not_found",),

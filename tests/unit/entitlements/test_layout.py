@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,16 @@ def test_the_core_packages_import_nothing_of_ours(package: str) -> None:
         for name in imported_modules(path)
         if name.split(".")[0] in OURS and name.split(".")[0] != package
     ]
+    assert not offenders
+
+
+# Decisions with no I/O that import nothing but the standard library (and their own package's vocabulary).
+PURE_MODULES = ["entitlements/prompts/advice.py"]
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_rules_import_only_the_standard_library(module: str) -> None:
+    offenders = [name for name in imported_modules(ROOT / module) if name.split(".")[0] not in sys.stdlib_module_names]
     assert not offenders
 
 

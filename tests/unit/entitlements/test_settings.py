@@ -55,6 +55,7 @@ def test_defaults() -> None:
     assert settings.api.support_grant_daily_moments_max == 10_000
     assert settings.api.approval_threshold_moments == 2_000
     assert settings.api.approval_ttl_s == 7 * 86_400
+    assert settings.api.advice_cache_entries_max == 512
     assert settings.api.log_format == "auto"
 
     assert settings.console.session_idle_s == 1800
@@ -176,6 +177,7 @@ def test_a_bad_log_format_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
         ("STRIPE_EVENT_ATTEMPTS_MAX", 1, 100),
         ("STRIPE_EVENT_DEPTH_MAX", 16, 512),
         ("STRIPE_LOOKUP_RETRIES_MAX", 0, 5),
+        ("ADVICE_CACHE_ENTRIES_MAX", 0, 10_000),
     ],
 )
 def test_limits_are_accepted_at_their_bounds_and_refused_past_them(

@@ -41,6 +41,7 @@ API_MD_ROLES: dict[str, frozenset[str] | str] = {
     "GET /metrics": PUBLIC,
     "GET /v1/pricing": ALL_ROLES,
     "POST /v1/quotes": ALL_ROLES,
+    "POST /v1/prompts/advice": ALL_ROLES,
     "GET /v1/users/{user_id}/entitlements": frozenset({"service", "support"}),
     "PUT /v1/users/{user_id}/subscription": frozenset({"admin"}),
     "POST /v1/users/{user_id}/grants": frozenset({"support", "admin"}),
@@ -62,7 +63,7 @@ API_MD_ROLES: dict[str, frozenset[str] | str] = {
     "POST /v1/approvals/{id}/reject": frozenset({"support", "admin"}),
 }
 # Endpoints that exist today; the contract table must match at least these.
-ENDPOINTS_PRESENT_NOW = {"GET /v1/pricing", "POST /v1/quotes"}
+ENDPOINTS_PRESENT_NOW = {"GET /v1/pricing", "POST /v1/quotes", "POST /v1/prompts/advice"}
 
 
 # --- fixtures -----------------------------------------------------------------------------------------

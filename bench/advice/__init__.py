@@ -1,0 +1,1 @@
+"""The prompt-advice benchmark: advice per second, and its cost against the generation request it rides on."""
