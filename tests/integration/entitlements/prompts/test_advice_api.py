@@ -210,7 +210,9 @@ async def test_a_replay_carries_the_advice_even_if_stored_before_advice_existed(
     created = (await create(api, USER, request, key)).json()
     assert created["advice"]
     # An answer stored by a version without advice: the replay decodes it and adds today's advice.
-    changed = await pool.execute("UPDATE api_idempotency SET response_body = response_body - 'advice'")
+    changed = await pool.execute(
+        "UPDATE api_idempotency SET response_body = response_body - 'advice' WHERE operation = 'create_generation'"
+    )
     assert changed == "UPDATE 1"
     replay = await create(api, USER, request, key)
     assert replay.status_code == 202, replay.text
