@@ -247,6 +247,17 @@ def scenarios(keys: Keys, users: list[str], hot_user: str) -> dict[str, tuple[st
     """name → (which server, label, request). Grants go to users of their own: thousands of 5-moment lots
     on the generations' users would make every later hold read them all."""
     grant_users = [f"bench-grant-{number}" for number in range(len(users))]
+
+    def generations(over: list[str]) -> wrk.Request:
+        return wrk.Request(
+            method="POST",
+            path="/v1/users/{user}/generations",
+            expected_status=202,
+            headers=service | json_type | keyed,
+            body=GENERATION_BODY,
+            users=over,
+        )
+
     service = {"Authorization": f"Bearer {keys.service}"}
     admin = {"Authorization": f"Bearer {keys.admin}"}
     json_type = {"Content-Type": "application/json"}
@@ -290,30 +301,8 @@ def scenarios(keys: Keys, users: list[str], hot_user: str) -> dict[str, tuple[st
                 users=grant_users,
             ),
         ),
-        "generations": (
-            "moments",
-            f"POST /v1/users/{{id}}/generations, {len(users):,} users",
-            wrk.Request(
-                method="POST",
-                path="/v1/users/{user}/generations",
-                expected_status=202,
-                headers=service | json_type | keyed,
-                body=GENERATION_BODY,
-                users=users,
-            ),
-        ),
-        "generations_hot": (
-            "moments",
-            "POST /v1/users/{id}/generations, one user",
-            wrk.Request(
-                method="POST",
-                path="/v1/users/{user}/generations",
-                expected_status=202,
-                headers=service | json_type | keyed,
-                body=GENERATION_BODY,
-                users=[hot_user],
-            ),
-        ),
+        "generations": ("moments", f"POST /v1/users/{{id}}/generations, {len(users):,} users", generations(users)),
+        "generations_hot": ("moments", "POST /v1/users/{id}/generations, one user", generations([hot_user])),
     }
 
 
