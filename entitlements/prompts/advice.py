@@ -15,6 +15,7 @@ on any `str`; its work grows about linearly with the prompt's length.
 from __future__ import annotations
 
 import bisect
+import heapq
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -276,13 +277,15 @@ def _lowered(text: str) -> str:
     return "".join(low if len(low := character.lower()) == 1 else character for character in text)
 
 
-_ASCII_SEPARATORS = str.maketrans(dict.fromkeys([mark for mark in _SEPARATORS if mark.isascii()], " "))
+# bytes.translate is a table look-up per byte, several times faster than str.translate's per-character
+# mapping; ASCII text is the same in both.
+_ASCII_SEPARATORS = bytes(ord(" ") if chr(byte) in _SEPARATORS else byte for byte in range(256))
 
 
 def _spaced(text: str) -> str:
-    # str.translate is fast only on ASCII text; elsewhere one replace per separator present is far faster.
+    # On ASCII text, a byte table; elsewhere one replace per separator present is far faster than translate.
     if text.isascii():
-        return text.translate(_ASCII_SEPARATORS)
+        return text.encode("ascii").translate(_ASCII_SEPARATORS).decode("ascii")
     for separator in _SEPARATORS:
         if separator in text:
             text = text.replace(separator, " ")
@@ -293,6 +296,15 @@ def _count(tokens: list[str], token_set: set[str] | frozenset[str] | None = None
     """Tokens that are words: not a lone hyphen or apostrophe."""
     present = tokens if token_set is None else token_set
     return len(tokens) - sum(tokens.count(junk) for junk in _JUNK_TOKENS if junk in present)
+
+
+def _count_plain(spaced: str) -> int:
+    """_count of spaced text without CJK. A lone hyphen or apostrophe is made of nothing else: text without
+    any has none to take away."""
+    tokens = spaced.split()
+    if "-" in spaced or "'" in spaced or "\u2019" in spaced:
+        return _count(tokens)
+    return len(tokens)
 
 
 def _has_cjk(text: str) -> bool:
@@ -307,9 +319,9 @@ def _count_spaced(spaced: str, cjk: bool | None = None) -> int:
     """The words of text whose separators are already spaces. Scripts written without spaces (Chinese,
     Japanese) have no boundaries to count: a word of theirs counts one word per two characters, about what
     a word is in them, so that a long prompt in them is not called short, nor a line long."""
-    tokens = spaced.split()
     if not (_has_cjk(spaced) if cjk is None else cjk):
-        return _count(tokens)
+        return _count_plain(spaced)
+    tokens = spaced.split()
     return sum((len(token) + 1) // 2 if _CJK_RUN.match(token) else 1 for token in tokens if token.strip("-'\u2019"))
 
 
@@ -340,7 +352,9 @@ class _Text:
     def count_words(self, start: int, end: int) -> int:
         """count_words of the prompt's text in [start, end)."""
         spaced = self.padded[start + 1 : end + 1]
-        return _count_spaced(spaced) if self.cjk else _count(spaced.split())
+        if self.cjk and _CJK_RUN.search(spaced) is not None:
+            return _count_spaced(spaced, True)
+        return _count_plain(spaced)
 
     def has_any(self, words: frozenset[str]) -> bool:
         return not words.isdisjoint(self.token_set)
@@ -356,11 +370,19 @@ class _Text:
     def count(self, word: str) -> int:
         return self.padded.count(f" {word} ")
 
-    def anchored(self, anchors: Iterable[str]) -> Iterator[tuple[str, int]]:
-        """(word, position) of every occurrence of each of `anchors` that the prompt has."""
+    def anchored(self, anchors: Iterable[str]) -> list[tuple[str, int]]:
+        """(word, position) of every occurrence of each of `anchors` that the prompt has (as `positions`
+        finds them, in one loop: the rules call this for every word they start from)."""
+        found = []
+        padded = self.padded
         for word in self.token_set.intersection(anchors):
-            for position in self.positions(word):
-                yield word, position
+            spaced_word = f" {word} "
+            step = len(word) + 1
+            position = padded.find(spaced_word)
+            while position != -1:
+                found.append((word, position))
+                position = padded.find(spaced_word, position + step)
+        return found
 
     def words(self, start: int, end: int) -> list[str]:
         """The words in [start, end) of the prompt, lowercase (a word cut by `start` or `end` is kept)."""
@@ -542,6 +564,7 @@ _camera_words(
     _Camera("orbit", "verb", _ORBIT_VERB),
 )
 _CAMERA_ANCHORS = frozenset(_CAMERA_WORDS)
+_CAMERA_FAMILIES = {word: frozenset(way.family for way in ways) for word, ways in _CAMERA_WORDS.items()}
 _CAMERA_SUBJECT_WORDS = frozenset({"camera", "cameras", "lens", "we"})
 # "pan and tilt", "pan/zoom": two movements named together.
 _PAIR_WORDS = "pan|tilt|zoom|dolly|truck|crane|orbit"
@@ -579,12 +602,16 @@ def _camera_movement(text: _Text, word: str, position: int, way: _Camera) -> _Mo
     return _Movement(position, found.end(), way.family)
 
 
-def _camera_candidates(text: _Text) -> Iterator[_Movement]:
+def _word_candidates(text: _Text) -> Iterator[_Movement]:
     for word, position in text.anchored(_CAMERA_ANCHORS):
         for way in _CAMERA_WORDS[word]:
             movement = _camera_movement(text, word, position, way)
             if movement is not None:
                 yield movement
+
+
+def _phrase_candidates(text: _Text) -> Iterator[_Movement]:
+    """Movements named by a camera that is the subject, or by a pair ("pan and tilt")."""
     for _, position in text.anchored(_CAMERA_SUBJECT_WORDS):
         found = _CAMERA_SUBJECT_MOVE.match(text.lower, position)
         if found is not None:
@@ -616,9 +643,17 @@ def _merged(movements: Iterable[_Movement], lower: str) -> list[_Movement]:
 def several_camera_movements(text: _Text, shot_starts: list[int]) -> AdviceItem | None:
     if not (text.has_any(_CAMERA_ANCHORS) or text.has_any(_CAMERA_SUBJECT_WORDS) or text.has_any(_PAIR_ANCHORS)):
         return None
-    found_first = list(_camera_candidates(text))
+    phrases_found = list(_phrase_candidates(text))
+    # Merging and negation only take movements away, so fewer than two families that the prompt's camera
+    # words could name at all ("dolly", "push-in": both dolly) is no advice, before any is looked at.
+    possible = {found.family for found in phrases_found}
+    for word in text.token_set.intersection(_CAMERA_ANCHORS):
+        possible |= _CAMERA_FAMILIES[word]
+    if len(possible) < 2:
+        return None
+    found_first = [*_word_candidates(text), *phrases_found]
     if len({found.family for found in found_first}) < 2:
-        return None  # merging and negation only take movements away
+        return None
     candidates = _merged(found_first, text.lower)
     movements = [found for found in candidates if not _negated(text, found.start)]
     by_shot: dict[int, dict[str, _Movement]] = {}
@@ -709,13 +744,18 @@ def overloaded_clip(text: _Text, duration_s: int | None, starts: list[int], scen
     steps_max = max(STEPS_MIN, (duration_s if duration_s is not None else DURATION_S_ASSUMED) // STEP_S)
     if steps <= steps_max:
         return None
-    positions = sorted(at for _, at in text.anchored(_SEQUENCE_WORDS))
-    begin = text.sentence(positions[0], positions[0] + 1)[0] if positions else 0
-    return _item(
-        "overloaded_clip",
-        f"The prompt asks for {steps} actions one after another in {clip} (about {steps_max} fit).",
-        text.excerpt(begin, positions[-1] + 4 if positions else len(text.lower)),
-    )
+    # Only the first and the last sequence word matter: one scan from each end per word.
+    present = [f" {word} " for word in _SEQUENCE_WORDS.intersection(text.token_set)]
+    firsts = [at for at in (text.padded.find(word) for word in present) if at != -1]
+    if not firsts:
+        return _item("overloaded_clip", _overloaded(steps, clip, steps_max), text.excerpt(0, len(text.lower)))
+    first, last = min(firsts), max(text.padded.rfind(word) for word in present)
+    begin = text.sentence(first, first + 1)[0]
+    return _item("overloaded_clip", _overloaded(steps, clip, steps_max), text.excerpt(begin, last + 4))
+
+
+def _overloaded(steps: int, clip: str, steps_max: int) -> str:
+    return f"The prompt asks for {steps} actions one after another in {clip} (about {steps_max} fit)."
 
 
 # --- specific motion ------------------------------------------------------------------------------------
@@ -786,7 +826,6 @@ _CLOSERS: dict[str, str] = {
 # a space. (The pattern starts with its literal, so it is found by a fast scan.)
 _APOSTROPHE_OPENER = re.compile(r"'(?<![^\W_]')(?!\s)")
 # An apostrophe closes only at the end of a word: not before a letter ("don't"), not after a space.
-_ANY_QUOTE_MARK = re.compile("[" + re.escape("".join(_CLOSERS)) + "]")
 _APOSTROPHE_CLOSER = {mark: re.compile(mark + r"(?![^\W_])") for mark in _APOSTROPHES}
 _LINE_END_PUNCTUATION = frozenset(".,!?\u2026\u3002\uff01\uff1f")
 
@@ -815,33 +854,33 @@ def quoted_parts(prompt: str) -> Iterator[Quoted]:
         yield Quoted(start, end, count_words(prompt[start + 1 : end - 1]))
 
 
-def _openers(prompt: str) -> list[tuple[int, str]]:
-    """Every opening mark of the prompt, in order: each mark's positions found by a fast scan of its own."""
-    found: list[tuple[int, str]] = []
-    for mark in _CLOSERS:
-        if mark not in prompt:
-            continue
-        if mark == "'":
-            found += [(match.start(), mark) for match in _APOSTROPHE_OPENER.finditer(prompt)]
-            continue
-        position = prompt.find(mark)
-        while position != -1:
-            found.append((position, mark))
-            position = prompt.find(mark, position + 1)
-    found.sort()
-    return found
+def _next_opener(prompt: str, mark: str, position: int) -> int:
+    """Where `mark` next opens a quote at or after `position` (-1: nowhere)."""
+    if mark == "'":
+        found = _APOSTROPHE_OPENER.search(prompt, position)
+        return -1 if found is None else found.start()
+    return prompt.find(mark, position)
 
 
 def _quote_spans(prompt: str) -> Iterator[tuple[int, int]]:
     """[opening mark, past the closing mark) of each outermost quoted part. Quotes inside a quoted part
-    belong to it; an opening mark that is never closed quotes nothing. Linear: each mark's positions are
-    found once, and each opening mark looks its closer up by bisection."""
+    belong to it; an opening mark that is never closed quotes nothing. Linear: the next opener of each mark
+    is found by a fast scan that starts past the last quoted part (openers inside one are never visited),
+    and each opening mark looks its closer up by bisection."""
     closers_at: dict[str, list[int]] = {}
-    # A mark with no closer after one of its openers has none after any later one either.
-    unclosed: set[str] = set()
+    # The next opener of each mark, nearest first. A mark with no closer after one of its openers has none
+    # after any later one either: it leaves the heap.
+    upcoming = [(start, mark) for mark in _CLOSERS if mark in prompt and (start := _next_opener(prompt, mark, 0)) != -1]
+    heapq.heapify(upcoming)
     position = 0
-    for start, mark in _openers(prompt):
-        if start < position or mark in unclosed:
+    while upcoming:
+        start, mark = upcoming[0]
+        if start < position:
+            start = _next_opener(prompt, mark, position)
+            if start == -1:
+                heapq.heappop(upcoming)
+            else:
+                heapq.heapreplace(upcoming, (start, mark))
             continue
         close: int | None = None
         for closer in _CLOSERS[mark]:
@@ -852,7 +891,7 @@ def _quote_spans(prompt: str) -> Iterator[tuple[int, int]]:
             if after < len(candidates) and (close is None or candidates[after] < close):
                 close = candidates[after]
         if close is None:
-            unclosed.add(mark)
+            heapq.heappop(upcoming)
             continue
         yield start, close + 1
         position = close + 1
@@ -877,34 +916,37 @@ def _has_cue(words: list[str]) -> bool:
 
 
 def dialogue(text: _Text) -> list[AdviceItem]:
-    if _ANY_QUOTE_MARK.search(text.original) is None:
-        return []
-    long_lines: list[Quoted] = []
-    uncued: list[Quoted] = []
+    # Only the first line of each finding is quoted, but every line is counted.
+    long_first: Quoted | None = None
+    long_lines = 0
+    uncued_first: Quoted | None = None
+    uncued = 0
     previous_end = 0
+    padded = text.padded
+    window_chars = 20 * CUE_WORDS_BACK
     for start, end in _quote_spans(text.original):
         quoted = Quoted(start, end, text.count_words(start + 1, end - 1))
-        window_start = max(previous_end, quoted.start - 20 * CUE_WORDS_BACK)
-        before = text.words(window_start, quoted.start)[-CUE_WORDS_BACK:]
-        previous_end = quoted.end
+        # The last CUE_WORDS_BACK words of the window (rsplit stops there: the rest is one piece, dropped).
+        window = padded[max(previous_end, start - window_chars) + 1 : start + 1]
+        before = window.rsplit(None, CUE_WORDS_BACK)[-CUE_WORDS_BACK:]
+        previous_end = end
         if not _spoken(text, quoted, before):
             continue
         if quoted.words > LINE_WORDS_MAX:
-            long_lines.append(quoted)
-        english = not ENGLISH_HINTS.isdisjoint(before or text.words(quoted.start, quoted.end))
-        if english and not _has_cue(before):
-            uncued.append(quoted)
+            long_lines += 1
+            long_first = long_first or quoted
+        if not _has_cue(before) and not ENGLISH_HINTS.isdisjoint(before or text.words(start, end)):
+            uncued += 1
+            uncued_first = uncued_first or quoted
     items = []
-    if long_lines:
-        first = long_lines[0]
-        others = f" ({len(long_lines)} lines are over {LINE_WORDS_MAX} words)" if len(long_lines) > 1 else ""
-        finding = f"A line of dialogue has {first.words} words{others}."
-        items.append(_item("dialogue_too_long", finding, text.excerpt(first.start, first.end)))
-    if uncued:
-        first = uncued[0]
-        count = f"{len(uncued)} lines of dialogue have" if len(uncued) > 1 else "A line of dialogue has"
+    if long_first is not None:
+        others = f" ({long_lines} lines are over {LINE_WORDS_MAX} words)" if long_lines > 1 else ""
+        finding = f"A line of dialogue has {long_first.words} words{others}."
+        items.append(_item("dialogue_too_long", finding, text.excerpt(long_first.start, long_first.end)))
+    if uncued_first is not None:
+        count = f"{uncued} lines of dialogue have" if uncued > 1 else "A line of dialogue has"
         finding = f"{count} no emotion or delivery before it (“whispers softly”, “laughs”, “nervously”)."
-        items.append(_item("dialogue_without_cue", finding, text.excerpt(first.start, first.end)))
+        items.append(_item("dialogue_without_cue", finding, text.excerpt(uncued_first.start, uncued_first.end)))
     return items
 
 
@@ -924,11 +966,16 @@ _CONSTRAINT_ANCHORS = _set(
     "no without avoid zero minimal minimize minimise reduce free prevent faces face identity features anatomy "
     "hands body proportions stable"
 )
+_CONSTRAINT_ORDER = ("no", *sorted(_CONSTRAINT_ANCHORS - {"no"}))
 
 
 def has_quality_constraints(text: _Text) -> bool:
-    return text.has_any(_CONSTRAINT_ANCHORS) and any(
-        _CONSTRAINT.match(text.lower, position) for _, position in text.anchored(_CONSTRAINT_ANCHORS)
+    # The first constraint found is enough, so the likeliest start ("no distortion") is tried first.
+    return any(
+        _CONSTRAINT.match(text.lower, position)
+        for word in _CONSTRAINT_ORDER
+        if word in text.token_set
+        for position in text.positions(word)
     )
 
 
