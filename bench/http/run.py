@@ -143,17 +143,7 @@ class Server:
         )
 
     def wait_ready(self, path: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server {self.url} exited ({self.process.returncode}); see {self._log.name}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server {self.url} not ready within {READY_TIMEOUT_S} s")
+        wait_ready(self.url + path, self.process, self._log.name)
 
     def cpu_s(self) -> float:
         return cpu.postgres_cpu_s(self.process.pid)  # any process and its children, as for the postmaster
@@ -162,23 +152,40 @@ class Server:
         return process_tree_rss_mib(self.process.pid)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop(self.process)
         self._log.close()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log_name: str) -> None:
+    """Until `url` answers 200 (at most READY_TIMEOUT_S); a process that exits meanwhile is an error."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: its process exited ({process.returncode}); see {log_name}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready within {READY_TIMEOUT_S} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """The process and its group: asked to end, then killed after 20 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def process_tree_rss_mib(pid: int) -> float:
     """Resident memory of a process and its live children (granian's workers), in MiB."""
     total_kib = 0
-    pids = [str(pid)] + [
-        entry.name for entry in os.scandir("/proc") if entry.name.isdigit() and _parent_of(entry.name) == pid
-    ]
-    for each in pids:
+    for each in [pid, *cpu.child_pids(pid)]:
         try:
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -186,14 +193,6 @@ def process_tree_rss_mib(pid: int) -> float:
         except OSError:
             continue
     return total_kib / 1024
-
-
-def _parent_of(pid: str) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(text[text.rindex(")") + 2 :].split()[1])
 
 
 @contextmanager
@@ -517,28 +516,6 @@ def worker_process(work_dir: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _wait_worker(url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"worker {url} not ready within {READY_TIMEOUT_S} s")
-
-
 def dispatch_figure(
     dsn: str, work_dir: Path, options: argparse.Namespace, workers: int, threads: int, creation_per_s: float | None
 ) -> dict[str, float]:
@@ -548,7 +525,7 @@ def dispatch_figure(
     worker_url = f"http://127.0.0.1:{worker_port}"
     worker = worker_process(work_dir, worker_port)
     try:
-        _wait_worker(worker_url)
+        wait_ready(worker_url + "/healthz", worker, str(work_dir / "worker.log"))
         env = moments_env(
             dsn, work_dir, dispatcher=True, worker_url=worker_url, concurrency=options.dispatch_concurrency
         )
@@ -566,7 +543,7 @@ def dispatch_figure(
             elapsed_s = time.perf_counter() - started
             failed = asyncio.run(_count(dsn, "SELECT count(*) FROM generations WHERE status = 'failed'"))
     finally:
-        _stop(worker)
+        stop(worker)
     settled_per_s = (end_count - start_count) / elapsed_s
     return {
         "queued_at_start": float(queued_before),
@@ -605,7 +582,7 @@ def soak(
     windows = max(2, options.soak_s // window_s)
     figures: list[tuple[float, float, float, float]] = []
     try:
-        _wait_worker(worker_url)
+        wait_ready(worker_url + "/healthz", worker, str(work_dir / "worker.log"))
         env = moments_env(
             dsn, work_dir, dispatcher=True, worker_url=worker_url, concurrency=options.dispatch_concurrency
         )
@@ -641,7 +618,7 @@ def soak(
                     f"API RSS {figures[-1][2]:.0f} MiB, worker RSS {figures[-1][3]:.0f} MiB, errors {result.errors}"
                 )
     finally:
-        _stop(worker)
+        stop(worker)
     first, last = figures[0], figures[-1]
     return {
         "rate_per_s": rate_per_s,

@@ -78,10 +78,19 @@ def postgres_cpu_s(postmaster_pid: int | None) -> float:
 
 def _children(parent_pid: int) -> list[list[str]]:
     """The /proc stat fields of every live child of `parent_pid`."""
+    return [fields for _, fields in _child_entries(parent_pid)]
+
+
+def child_pids(parent_pid: int) -> list[int]:
+    """The pids of every live child of `parent_pid` (granian's workers of a server, say)."""
+    return [pid for pid, _ in _child_entries(parent_pid)]
+
+
+def _child_entries(parent_pid: int) -> list[tuple[int, list[str]]]:
     children = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit() and (child := _stat_fields(entry.name)) is not None and int(child[1]) == parent_pid:
-            children.append(child)
+            children.append((int(entry.name), child))
     return children
 
 

@@ -16,15 +16,14 @@ import msgspec
 
 import ledger
 import pricing
+from entitlements import idempotency
 from entitlements.errors import IdempotencyKeyReused, TierRequired
 from entitlements.generations import queries
 from entitlements.generations.schemas import GenerationOut
-from entitlements.idempotency import queries as idempotency_queries
 from entitlements.tiers import video_refusal
 
 OPERATION = "create_generation"
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(GenerationOut)
 
 
 class GenerationRequest(ledger.Companion):
@@ -156,21 +155,21 @@ def _hold_id(request: GenerationRequest) -> int:
 
 async def _replay(connection: ledger.Connection, taken: Sequence[GenerationRequest]) -> None:
     """Requests whose key another request claimed first (and committed): its answer, or a refusal."""
-    rows = await connection.fetch(
-        idempotency_queries.STORED_MANY,
-        [request.caller_key_id for request in taken],
-        [request.idempotency_key for request in taken],
-    )
-    stored = {(row["caller_key_id"], row["idempotency_key"]): row for row in rows}
+    stored = await idempotency.stored_answers(connection, [request.claim for request in taken])
     for request in taken:
         row = stored.get(request.claim)
         if row is None or row["response_body"] is None:
             # Claimed and released meanwhile (its request was refused): this one may try again.
             request.settle(error=ledger.LedgerUnavailable("the request under this key was refused; send it again"))
-        elif row["operation"] != OPERATION or bytes(row["request_hash"]) != request.fingerprint:
-            request.settle(error=IdempotencyKeyReused("this Idempotency-Key was already used for a different request"))
+            continue
+        try:
+            answer = idempotency.replayed(
+                row, operation=OPERATION, fingerprint=request.fingerprint, answer=GenerationOut
+            )
+        except IdempotencyKeyReused as reused:
+            request.settle(error=reused)
         else:
-            request.settle(answer=_decoder.decode(row["response_body"]))
+            request.settle(answer=answer)
 
 
 def new_generation(
@@ -254,7 +253,6 @@ class Settlement(ledger.Companion):
                 succeeded.append(settlement)
             else:
                 failed.append(settlement)
-        refused = {id(settlement) for settlement in companions if settlement.error is not None}
         await connection.execute(
             queries.SETTLE_BATCH,
             [settlement.generation_id for settlement in succeeded],
@@ -262,7 +260,8 @@ class Settlement(ledger.Companion):
             [settlement.video_bytes for settlement in succeeded],
             [settlement.generation_id for settlement in failed],
             [settlement.failure for settlement in failed],
-            [settlement.generation_id for settlement in companions if id(settlement) not in refused],
+            # Every job ends but those of settlements the ledger refused (they settle nothing).
+            [settlement.generation_id for settlement in companions if settlement.error is None],
         )
         for settlement in (*succeeded, *failed):
             settlement.settle(answer=True)

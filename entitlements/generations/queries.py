@@ -4,6 +4,8 @@ A generation's money side is its hold; its columns are read through `ledger_hold
 state: status, amount, captured, refunded, expiry), never written here.
 """
 
+from entitlements.tiers import tier_expression
+
 GENERATION_COLUMNS = """
     g.id, g.user_id, g.image_id, g.prompt, g.mode, g.resolution, g.duration_s, g.audio, g.moments,
     g.price_version, g.status, g.error, g.hold_id, g.video_path, g.created_at, g.updated_at,
@@ -113,7 +115,7 @@ WHERE (g.status IN ('queued', 'running') AND h.status <> 'open')
 # A batch of generation requests in the ledger's group commit (batch.py), two statements for the whole batch.
 # The first claims every Idempotency-Key (in key order, so two batches never wait on each other in a cycle)
 # and reads each user's tier for the gate: one round trip across the idempotency and tier tables.
-CLAIM_AND_GATE = """
+CLAIM_AND_GATE = f"""
 WITH wanted AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[])
         WITH ORDINALITY AS w(caller_key_id, idempotency_key, request_hash, user_id, position)
@@ -124,9 +126,7 @@ WITH wanted AS (
     ON CONFLICT DO NOTHING
     RETURNING caller_key_id, idempotency_key
 )
-SELECT w.position, c.idempotency_key IS NOT NULL AS claimed,
-       CASE WHEN s.source = 'stripe' AND s.cancel_at_period_end AND s.current_period_end <= now()
-            THEN $5 ELSE s.tier END AS tier
+SELECT w.position, c.idempotency_key IS NOT NULL AS claimed, {tier_expression("s.", "$5")} AS tier
 FROM wanted w
 LEFT JOIN claimed c USING (caller_key_id, idempotency_key)
 LEFT JOIN subscriptions s ON s.user_id = w.user_id

@@ -42,7 +42,6 @@ GENERATIONS_CURSOR = "g1"
 ERROR_CHARS_MAX = 1000
 VOID_REASON_CHARS_MAX = 500
 WITH_VIDEO = frozenset({"succeeded", "refunded"})
-UNSETTLED = frozenset({"queued", "running"})
 OPEN_HOLDS_MAX = 200
 
 

@@ -9,7 +9,7 @@ answers with one status, which its route declares, so only the body is stored.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -39,13 +39,28 @@ async def claim(
     row = await connection.fetchrow(queries.STORED, caller_key_id, key)
     assert row is not None, "the conflicting claim committed, so its row is visible"
     assert row["response_body"] is not None, "a committed claim always has its answer"
+    return replayed(row, operation=operation, fingerprint=fingerprint, answer=answer)
+
+
+def replayed(row: asyncpg.Record, *, operation: str, fingerprint: bytes, answer: type[T]) -> T:
+    """A stored answer to replay for this request, or IdempotencyKeyReused if the key served another."""
     if row["operation"] != operation or bytes(row["request_hash"]) != fingerprint:
         raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request")
     decoder = _decoders.get(answer)
     if decoder is None:
         decoder = _decoders[answer] = msgspec.json.Decoder(answer)
-    replayed: T = decoder.decode(row["response_body"])
-    return replayed
+    decoded: T = decoder.decode(row["response_body"])
+    return decoded
+
+
+async def stored_answers(
+    connection: ledger.Connection, claims: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], asyncpg.Record]:
+    """The stored records of many (caller key id, Idempotency-Key) claims, by claim (a batch's replays)."""
+    rows = await connection.fetch(
+        queries.STORED_MANY, [caller_key_id for caller_key_id, _ in claims], [key for _, key in claims]
+    )
+    return {(row["caller_key_id"], row["idempotency_key"]): row for row in rows}
 
 
 async def store(connection: ledger.Connection, *, caller_key_id: int, key: str, answer: msgspec.Struct) -> None:

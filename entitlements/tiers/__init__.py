@@ -1,5 +1,6 @@
 """Subscription tiers and the video gate."""
 
+from entitlements.tiers.queries import tier_expression
 from entitlements.tiers.schemas import SubscriptionView
 from entitlements.tiers.service import (
     entitlements,
@@ -14,6 +15,7 @@ __all__ = [
     "entitlements",
     "set_manual_tier",
     "subscription_of",
+    "tier_expression",
     "tier_of",
     "video_refusal",
 ]

@@ -1,7 +1,17 @@
 """Every SQL statement of tiers."""
 
+
 # The database's clock decides when a period has ended, the same clock for every API process.
-_TIER = "CASE WHEN source = 'stripe' AND cancel_at_period_end AND current_period_end <= now() THEN $2 ELSE tier END"
+def tier_expression(row: str = "", free_tier: str = "$2") -> str:
+    """A subscription row's tier as of now, as SQL: `row` is the table's alias with its dot ("s."), and
+    `free_tier` the parameter holding the FREE tier's name. Other domains' statements embed it."""
+    return (
+        f"CASE WHEN {row}source = 'stripe' AND {row}cancel_at_period_end AND {row}current_period_end <= now() "
+        f"THEN {free_tier} ELSE {row}tier END"
+    )
+
+
+_TIER = tier_expression()
 TIER_OF = f"SELECT {_TIER} FROM subscriptions WHERE user_id = $1"
 
 # An entitlement check in one round trip: the tier and the user's balances, read (never written) from the
