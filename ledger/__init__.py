@@ -13,6 +13,14 @@ from ledger.cursors import (
     encode_id_cursor,
 )
 from ledger.engine import Connection
+from ledger.feed import (
+    START,
+    CommitPosition,
+    commit_horizon,
+    committed_after,
+    decode_position,
+    encode_position,
+)
 from ledger.operations import (
     LOT_CATEGORIES,
     TRANSACTION_KINDS,
@@ -59,6 +67,7 @@ __all__ = [
     "CURSOR_CHARS_MAX",
     "LOT_CATEGORIES",
     "PAGE_SIZE_MAX",
+    "START",
     "TRANSACTION_KINDS",
     "AnyOperation",
     "AuditReport",
@@ -68,6 +77,7 @@ __all__ = [
     "Check",
     "Clawback",
     "ClawbackUnspent",
+    "CommitPosition",
     "Companion",
     "Connection",
     "Credit",
@@ -98,8 +108,12 @@ __all__ = [
     "TransactionKind",
     "Void",
     "audit",
+    "commit_horizon",
+    "committed_after",
     "decode_cursor",
     "decode_id_cursor",
+    "decode_position",
     "encode_cursor",
     "encode_id_cursor",
+    "encode_position",
 ]
