@@ -478,78 +478,80 @@ def verify_export(
     """An export's rows (in commit order, as the export writes them) against signed checkpoints.
 
     The chain is picked up at the first row that begins a checkpoint's range (from that checkpoint's
-    previous head) and followed to the end; every checkpoint whose whole range the rows cover must match
-    in its last transaction, head and Merkle root. Rows before the first such start or after the last
-    covered checkpoint are counted, not verified. With `seal_head` (an export manifest's), the chain must
-    reach that head."""
+    previous head) and followed to the last row; every checkpoint that begins on the way must continue the
+    chain there, and one whose whole range the rows cover must match in its last transaction, head and
+    Merkle root. Rows before the chain is picked up are counted, not verified; rows after the last covered
+    checkpoint are chained but not signed yet. With `seal_head` (an export manifest's), the chain must
+    pass through that head."""
     outcome = Outcome()
-    by_first = {signed.checkpoint.first_transaction_id: signed for signed in checkpoints}
     for signed in checkpoints:
         refused = signature_problem(signed, public_keys)
         if refused is not None:
             outcome.problem = refused[1]
             return outcome
-    by_number = {signed.checkpoint.number: signed for signed in checkpoints}
-    current: SignedCheckpoint | None = None
+    by_first = {signed.checkpoint.first_transaction_id: signed for signed in checkpoints}
+    current: Checkpoint | None = None
+    started = False
     head = GENESIS
     leaves: list[bytes] = []
-    position = 0
-    skipped_before = unsealed_after = 0
+    position = skipped_before = unsigned_after = 0
     head_seen = seal_head is None
     for number, row in enumerate(rows, start=1):
         transaction = transaction_from_json(row)
-        if current is None:
-            starting = by_first.get(transaction.transaction_id)
-            if starting is None and position == 0:
-                skipped_before += 1
-                continue
-            if starting is None:
-                unsealed_after += 1
-                continue
-            current, head, leaves = starting, starting.checkpoint.previous_head, []
-            position = starting.checkpoint.first_position - 1
-        checkpoint = current.checkpoint
+        starting = by_first.get(transaction.transaction_id)
+        if not started and starting is None:
+            skipped_before += 1
+            continue
+        if starting is not None:
+            checkpoint = starting.checkpoint
+            if not started:
+                started, head, position = True, checkpoint.previous_head, checkpoint.first_position - 1
+            if current is not None:
+                outcome.problem = (
+                    f"{current.describe()}: the export reaches {checkpoint.describe()} at line {number}, before the "
+                    "end of its range; a transaction in it was removed"
+                )
+                return outcome
+            if checkpoint.first_position != position + 1 or checkpoint.previous_head != head:
+                outcome.problem = f"{checkpoint.describe()} does not continue the chain of the export at line {number}"
+                return outcome
+            current, leaves = checkpoint, []
         canonical = canonical_bytes(transaction)
         head = chain_next(head, canonical)
-        leaves.append(leaf_hash(canonical))
         position += 1
         head_seen = head_seen or head == seal_head
-        if position < checkpoint.last_position:
+        if current is None:
+            unsigned_after += 1
             continue
-        where = checkpoint.describe()
-        if transaction.transaction_id != checkpoint.last_transaction_id:
+        leaves.append(leaf_hash(canonical))
+        if position < current.last_position:
+            continue
+        if transaction.transaction_id != current.last_transaction_id:
             outcome.problem = (
-                f"{where}: its range ends at transaction {transaction.transaction_id} in the export (line {number}); "
-                "a transaction in it was removed or added"
+                f"{current.describe()}: its range ends at transaction {transaction.transaction_id} in the export "
+                f"(line {number}); a transaction in it was removed or added"
             )
             return outcome
-        if head != checkpoint.head or merkle_root(leaves) != checkpoint.merkle_root:
-            outcome.problem = f"{where}: the export's transactions in its range differ from what was sealed"
+        if head != current.head or merkle_root(leaves) != current.merkle_root:
+            outcome.problem = (
+                f"{current.describe()}: the export's transactions in its range differ from what was sealed"
+            )
             return outcome
         outcome.transactions_verified += len(leaves)
         outcome.checkpoints_verified += 1
-        following = by_number.get(checkpoint.number + 1)
-        if following is not None and following.checkpoint.previous_head != checkpoint.head:
-            outcome.problem = (
-                f"checkpoint {checkpoint.number + 1} does not continue checkpoint {checkpoint.number}'s chain"
-            )
-            return outcome
-        current = following
-        leaves = []
-    if current is not None and leaves:
-        outcome.notes.append(
-            f"the export ends inside checkpoint {current.checkpoint.number}: {len(leaves)} transaction(s) not verified"
-        )
+        current = None
+    if current is not None:
+        outcome.notes.append(f"the export ends inside {current.describe()}: {len(leaves)} row(s) not verified")
     if skipped_before:
-        outcome.notes.append(
-            f"{skipped_before} row(s) before the first checkpoint that starts in the export: not verified"
-        )
-    if unsealed_after:
-        outcome.notes.append(f"{unsealed_after} row(s) after the last checkpoint given: not sealed yet, not verified")
+        outcome.notes.append(f"{skipped_before} row(s) before the first checkpoint that starts in the export")
+    if unsigned_after:
+        outcome.notes.append(f"{unsigned_after} row(s) after the last checkpoint: chained, not signed yet")
     if not head_seen:
         outcome.problem = "the chain through the export never reaches the seal head given"
     elif outcome.checkpoints_verified == 0:
         outcome.problem = "no checkpoint's whole range is in the export: nothing could be verified"
+    elif seal_head is not None:
+        outcome.notes.append(f"the chain passes through the seal head {seal_head.hex()}")
     return outcome
 
 
