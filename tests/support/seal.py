@@ -53,7 +53,8 @@ async def activity(led: L.Ledger, users: int = 3, *, prefix: str = "t") -> list[
                 reason=f"welcome {n}",
             )
         )
-        assert isinstance(credit, L.Result) and credit.transaction_id is not None
+        assert isinstance(credit, L.Result)
+        assert credit.transaction_id is not None
         ids.append(credit.transaction_id)
         expires = datetime.now(UTC) + timedelta(hours=1)
         for step in range(2):
@@ -67,7 +68,9 @@ async def activity(led: L.Ledger, users: int = 3, *, prefix: str = "t") -> list[
                     reference=f"generation-{n}-{step}",
                 )
             )
-            assert isinstance(hold, L.Result) and hold.hold_id is not None and hold.transaction_id is not None
+            assert isinstance(hold, L.Result)
+            assert hold.hold_id is not None
+            assert hold.transaction_id is not None
             ids.append(hold.transaction_id)
             settle: L.AnyOperation = (
                 L.Capture(key=f"{prefix}:capture:{n}:{step}", user_id=user, actor=ACTOR, hold_id=hold.hold_id)
@@ -75,7 +78,8 @@ async def activity(led: L.Ledger, users: int = 3, *, prefix: str = "t") -> list[
                 else L.Void(key=f"{prefix}:void:{n}:{step}", user_id=user, actor=ACTOR, hold_id=hold.hold_id)
             )
             settled = await led.submit(settle)
-            assert isinstance(settled, L.Result) and settled.transaction_id is not None
+            assert isinstance(settled, L.Result)
+            assert settled.transaction_id is not None
             ids.append(settled.transaction_id)
     return ids
 

@@ -87,7 +87,9 @@ async def test_a_changed_export_fails_offline(sealed: tuple[Auditor, list[str]])
     assert "FAILED: checkpoint 2" in done.stdout
     dropped = auditor.write("dropped.ndjson", "\n".join(lines[:6] + lines[7:]))
     done = auditor.run("export", dropped, "--checkpoints", "checkpoints.json")
-    assert done.returncode == 1 and "FAILED: checkpoint 2" in done.stdout and "was removed" in done.stdout
+    assert done.returncode == 1
+    assert "FAILED: checkpoint 2" in done.stdout
+    assert "was removed" in done.stdout
 
 
 async def test_a_proof_verifies_offline_and_a_changed_one_does_not(
@@ -103,7 +105,8 @@ async def test_a_proof_verifies_offline_and_a_changed_one_does_not(
 
     document["transaction"]["reason"] = "something else"
     done = auditor.run("proof", auditor.write("changed.json", json.dumps(document)))
-    assert done.returncode == 1 and f"FAILED: transaction {transaction_id}" in done.stdout
+    assert done.returncode == 1
+    assert f"FAILED: transaction {transaction_id}" in done.stdout
 
 
 async def test_a_proof_against_another_key_fails_offline(
@@ -113,7 +116,8 @@ async def test_a_proof_against_another_key_fails_offline(
     document = msgspec.to_builtins(await proof(pool, json.loads(lines[0])["transaction_id"]))
     auditor.public_key.write_text(new_key(tmp_path, "other.pem").public_pem)
     done = auditor.run("proof", auditor.write("proof.json", json.dumps(document)))
-    assert done.returncode == 1 and "not among the keys given" in done.stdout
+    assert done.returncode == 1
+    assert "not among the keys given" in done.stdout
 
 
 def test_the_offline_verifier_imports_only_the_standard_library_and_cryptography() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from pathlib import Path
 
 import asyncpg
@@ -50,10 +51,11 @@ async def test_every_transaction_is_chained_once_in_commit_order_with_consecutiv
     # 15 transactions, 4 per checkpoint; the last 3 wait for the interval (an hour here).
     assert [(c["first_position"], c["last_position"]) for c in checkpoints] == [(1, 4), (5, 8), (9, 12)]
     assert bytes(checkpoints[0]["previous_head"]) == GENESIS
-    for before, after in zip(checkpoints, checkpoints[1:], strict=False):
+    for before, after in itertools.pairwise(checkpoints):
         assert bytes(after["previous_head"]) == bytes(before["head"])
     state = await pool.fetchrow("SELECT * FROM ledger_seal_state")
-    assert state["sealed_position"] == len(ids) and bytes(state["head"]) == head
+    assert state["sealed_position"] == len(ids)
+    assert bytes(state["head"]) == head
     assert await seal.seal_head(pool) == head.hex()
 
     result = await _verify(pool, key)
@@ -83,7 +85,8 @@ async def test_an_empty_ledger_verifies_and_has_no_head(pool: asyncpg.Pool, key:
     assert (done.sealed, done.checkpoint) == (0, None)
     assert await seal.seal_head(pool) is None
     result = await _verify(pool, key)
-    assert result.ok and result.transactions == 0
+    assert result.ok
+    assert result.transactions == 0
 
 
 async def test_two_sealers_at_once_never_fork_the_chain(
@@ -139,21 +142,31 @@ async def test_a_late_commit_with_a_lower_id_is_sealed_not_skipped(pool: asyncpg
     await seal_everything(sealer)
     assert isinstance(written, L.Result)
     sealed = await pool.fetchval("SELECT array_agg(transaction_id ORDER BY position) FROM ledger_seal_chain")
-    assert sealed[0] == written.transaction_id and len(sealed) == 6
+    assert sealed[0] == written.transaction_id
+    assert len(sealed) == 6
     assert (await _verify(pool, key)).ok
 
 
 async def test_without_a_key_the_service_does_not_seal_and_says_why(tmp_path: Path) -> None:
     signer = seal.signer_for(seal_settings())
-    assert not signer.sealing and signer.problem is not None and "SEAL_KEY_FILE" in signer.problem
+    assert not signer.sealing
+    assert signer.problem is not None
+    assert "SEAL_KEY_FILE" in signer.problem
     unreadable = seal.signer_for(seal_settings(key_file=tmp_path / "missing.pem"))
-    assert not unreadable.sealing and unreadable.problem is not None and "cannot be read" in unreadable.problem
+    assert not unreadable.sealing
+    assert unreadable.problem is not None
+    assert "cannot be read" in unreadable.problem
     (tmp_path / "not-a-key.pem").write_text("hello")
     garbage = seal.signer_for(seal_settings(key_file=tmp_path / "not-a-key.pem"))
-    assert not garbage.sealing and "not an unencrypted PEM private key" in (garbage.problem or "")
+    assert not garbage.sealing
+    assert "not an unencrypted PEM private key" in (garbage.problem or "")
     made = new_key(tmp_path)
     from_env = seal.signer_for(seal_settings(key_pem=(tmp_path / "seal-key.pem").read_text()))
-    assert from_env.sealing and from_env.key is not None and from_env.key.key_id == made.key_id
-    assert "PRIVATE" not in repr(from_env) and "private_key" not in repr(from_env.key)
+    assert from_env.sealing
+    assert from_env.key is not None
+    assert from_env.key.key_id == made.key_id
+    assert "PRIVATE" not in repr(from_env)
+    assert "private_key" not in repr(from_env.key)
     disabled = seal.signer_for(dataclasses.replace(seal_settings(key_file=tmp_path / "seal-key.pem"), enabled=False))
-    assert not disabled.sealing and disabled.public_keys == {made.key_id: made.public_key}
+    assert not disabled.sealing
+    assert disabled.public_keys == {made.key_id: made.public_key}

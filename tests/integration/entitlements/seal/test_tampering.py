@@ -46,7 +46,7 @@ async def sealed(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Sealed]:
     await seal_everything(seal.Sealer(pool, seal_settings(checkpoint_transactions=4), key))
     state = Sealed(pool, key, ids)
     assert (await state.verify()).ok
-    yield state
+    return state
 
 
 def _named(result: seal.Verification, problem: str, transaction_id: int) -> None:
@@ -58,7 +58,9 @@ def _named(result: seal.Verification, problem: str, transaction_id: int) -> None
 
 async def test_an_untouched_ledger_verifies(sealed: Sealed) -> None:
     result = await sealed.verify()
-    assert result.ok and result.complete and result.transactions == len(sealed.ids)
+    assert result.ok
+    assert result.complete
+    assert result.transactions == len(sealed.ids)
 
 
 async def test_changing_one_postings_amount_is_named(sealed: Sealed) -> None:
@@ -119,8 +121,8 @@ async def test_swapping_two_transactions_is_named(sealed: Sealed) -> None:
         f"UPDATE ledger_transactions SET id = {second} WHERE id = -1",
     )
     result = await sealed.verify()
-    assert result.difference is not None and result.difference.position == 2, result.difference
-    assert result.difference.transaction_id == first
+    assert result.difference is not None
+    assert (result.difference.position, result.difference.transaction_id) == (2, first), result.difference
 
 
 async def test_reordering_two_transactions_commit_positions_is_named(sealed: Sealed) -> None:
@@ -157,8 +159,10 @@ async def test_rewriting_a_transaction_and_its_stored_hashes_is_caught_by_the_si
     statements.append(f"UPDATE ledger_seal_state SET head = '\\x{head.hex()}'")
     await sealed.as_superuser(*statements)
     result = await sealed.verify()
-    assert result.difference is not None and result.difference.problem == "checkpoint_mismatch"
-    assert result.difference.checkpoint == 1 and result.difference.transaction_id == order[0]
+    assert result.difference is not None
+    assert result.difference.problem == "checkpoint_mismatch"
+    assert result.difference.checkpoint == 1
+    assert result.difference.transaction_id == order[0]
 
 
 async def test_editing_a_checkpoint_is_named(sealed: Sealed) -> None:
@@ -215,7 +219,8 @@ async def test_a_checkpoint_signed_with_another_key_is_named(sealed: Sealed, tmp
         args=(forger.key_id, sign(forger.private_key, own)),
     )
     result = await sealed.verify()
-    assert result.difference is not None and result.difference.problem == "unknown_key"
+    assert result.difference is not None
+    assert result.difference.problem == "unknown_key"
     # Given the forger's key as if it were a published one, it verifies: trust is in the keys given.
     assert (await sealed.verify(forger=forger)).ok
 
@@ -223,5 +228,6 @@ async def test_a_checkpoint_signed_with_another_key_is_named(sealed: Sealed, tmp
 async def test_removing_a_checkpoint_in_the_middle_is_named(sealed: Sealed) -> None:
     await sealed.as_superuser("DELETE FROM ledger_seal_checkpoints WHERE number = 2")
     result = await sealed.verify()
-    assert result.difference is not None and result.difference.problem == "checkpoint_gap"
+    assert result.difference is not None
+    assert result.difference.problem == "checkpoint_gap"
     assert result.difference.checkpoint == 3
