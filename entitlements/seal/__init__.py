@@ -15,6 +15,8 @@ from entitlements.seal.service import (
     refresh_metrics,
     seal_head,
     signer_for,
+    status,
+    verify_window,
 )
 from entitlements.seal.signing import SealKeyProblem, SigningKey, create_key_file, load_signing_key
 from entitlements.seal.verify import Difference, Verification, verify
@@ -34,5 +36,7 @@ __all__ = [
     "refresh_metrics",
     "seal_head",
     "signer_for",
+    "status",
     "verify",
+    "verify_window",
 ]
