@@ -98,8 +98,8 @@ class Sealer:
             number = None
             if pending > 0 and self._checkpoint_due(pending, state["checkpointed_at"], state["now"]):
                 number = await self._checkpoint(connection, state, position, head, state["now"])
-        if rows or number is not None:
-            log.info("sealed", transactions=len(rows), position=position, checkpoint=number)
+        if number is not None:
+            log.info("seal_checkpoint", checkpoint=number, position=position)
         return Round(sealed=len(rows), checkpoint=number, more=0 < room == len(rows))
 
     def _checkpoint_due(self, pending: int, checkpointed_at: datetime | None, now: datetime) -> bool:
