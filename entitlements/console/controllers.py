@@ -598,9 +598,7 @@ class ConsoleController(Controller):
     ) -> Template:
         seal_status = await seal.status(pool, settings.seal, seal_signer)
         verification = await seal.verify_window(pool, settings.seal, seal_signer, checkpoint=None) if verify else None
-        return render(
-            request, "finance/seal.html", seal=seal_status, verification=verification, settings=settings.seal
-        )
+        return render(request, "finance/seal.html", seal=seal_status, verification=verification, settings=settings.seal)
 
 
 def _granted_id(answer: accounts.GrantAnswer) -> int:

@@ -13,8 +13,10 @@ from entitlements.seal import service
 from entitlements.seal.schemas import CheckpointPage, ProofOut, SealStatus, VerificationOut
 from entitlements.seal.service import Signer
 
-BIGINT_MAX = (1 << 63) - 1
-TransactionIdPath = Annotated[int, PathParameter(ge=1, le=BIGINT_MAX, description="A ledger transaction's id.")]
+# Ids and numbers up to 2^53 - 1: what a JSON number holds exactly (the OpenAPI document states bounds as
+# JSON numbers; a bigint's maximum would be rounded past itself).
+NUMBER_MAX = (1 << 53) - 1
+TransactionIdPath = Annotated[int, PathParameter(ge=1, le=NUMBER_MAX, description="A ledger transaction's id.")]
 SealSigner = NamedDependency[Signer]
 
 
@@ -41,7 +43,7 @@ class SealController(Controller):
         pool: Pool,
         page_limit: PageLimit,
         after: Annotated[
-            int, QueryParameter(ge=0, le=BIGINT_MAX, description="List checkpoints after this number (`next`).")
+            int, QueryParameter(ge=0, le=NUMBER_MAX, description="List checkpoints after this number (`next`).")
         ] = 0,
     ) -> CheckpointPage:
         return await service.checkpoints(pool, after=after, limit=page_limit)
@@ -71,7 +73,7 @@ class SealController(Controller):
         settings: AppSettings,
         seal_signer: SealSigner,
         checkpoint: Annotated[
-            int | None, QueryParameter(ge=1, le=BIGINT_MAX, description="The first checkpoint to verify.")
+            int | None, QueryParameter(ge=1, le=NUMBER_MAX, description="The first checkpoint to verify.")
         ] = None,
     ) -> VerificationOut:
         return await service.verify_window(pool, settings.seal, seal_signer, checkpoint=checkpoint)

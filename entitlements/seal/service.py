@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import Gauge
 
 import ledger
-from entitlements.errors import NotFound, NotSealed, SealMismatch, ValidationFailed
+from entitlements.errors import NotFound, NotSealed, SealMismatch
 from entitlements.seal import queries
 from entitlements.seal.offline import (
     FORMAT_VERSION,
@@ -209,9 +209,7 @@ async def verify_window(
             earliest = state["checkpointed_position"] - settings.verify_transactions_max
             checkpoint = await connection.fetchval(queries.WINDOW_START, earliest) or max(1, last_number)
         elif checkpoint > last_number + 1:
-            raise ValidationFailed(
-                "checkpoint", f"must be at most {last_number + 1}: there are {last_number} checkpoints"
-            )
+            raise NotFound(f"no checkpoint {checkpoint}: there are {last_number} (verify from 1 to {last_number + 1})")
         result = await verify(
             connection,
             signer.public_keys,
