@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -47,9 +47,9 @@ class FormatError(ValueError):
     """Input that is not what the format says (a bad export line, a proof with a missing field)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class SealedTransaction:
-    """The immutable fields of a ledger transaction that the seal covers: exactly an export row's."""
+class SealedTransaction(NamedTuple):
+    """The immutable fields of a ledger transaction that the seal covers: exactly an export row's. (A
+    named tuple: the sealer and `verify` make one per transaction.)"""
 
     transaction_id: int
     kind: str
@@ -98,12 +98,14 @@ def rfc3339(moment: datetime) -> str:
     return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}Z"
 
 
+_NULL_FIELD = NULL_LENGTH.to_bytes(4, "big")
+
+
 def _field(value: str | int | None) -> bytes:
     if value is None:
-        return NULL_LENGTH.to_bytes(4, "big")
-    text = str(value) if isinstance(value, int) else value
+        return _NULL_FIELD
     try:
-        data = text.encode("utf-8")
+        data = (str(value) if isinstance(value, int) else value).encode("utf-8")
     except UnicodeEncodeError:
         raise FormatError("text that is not valid Unicode") from None
     if len(data) >= NULL_LENGTH:
@@ -111,26 +113,31 @@ def _field(value: str | int | None) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+_TRANSACTION_TAG_FIELD = _field(TRANSACTION_TAG)
+
+
 def canonical_bytes(transaction: SealedTransaction) -> bytes:
     """Format 1: the tag, then each field in this order, then the postings sorted by account code (by code
     point, which is UTF-8 byte order) and amount; integers as decimal text, the timestamp as `rfc3339`."""
     t = transaction
     postings = sorted(t.postings)
+    field = _field
     parts = [
-        _field(TRANSACTION_TAG),
-        _field(t.transaction_id),
-        _field(t.kind),
-        _field(t.idempotency_key),
-        _field(t.user_id),
-        _field(t.reference),
-        _field(t.reverses_transaction_id),
-        _field(t.actor),
-        _field(t.reason),
-        _field(rfc3339(t.created_at)),
-        _field(len(postings)),
+        _TRANSACTION_TAG_FIELD,
+        field(t.transaction_id),
+        field(t.kind),
+        field(t.idempotency_key),
+        field(t.user_id),
+        field(t.reference),
+        field(t.reverses_transaction_id),
+        field(t.actor),
+        field(t.reason),
+        field(rfc3339(t.created_at)),
+        field(len(postings)),
     ]
     for account, amount in postings:
-        parts += [_field(account), _field(amount)]
+        parts.append(field(account))
+        parts.append(field(amount))
     return b"".join(parts)
 
 
