@@ -9,8 +9,8 @@
           sealer takes to drain what is left when the writes stop;
 (verify)  `moments verify` over the whole ledger, timed, and extrapolated to a million transactions.
 
-Goals: (seal)/(a) >= 1.0 (the sealer keeps up with the peak write rate) and, during (a+seal), the lag
-never above two seconds' worth of writes.
+Goals: (seal)/(peak writes) >= 1.0 (the sealer keeps up with the ledger's peak write rate, the better of
+(a) and (a+seal)) and, during (a+seal), the lag never above two seconds' worth of writes.
 """
 
 from __future__ import annotations
@@ -61,11 +61,13 @@ class Report:
     machine: dict[str, object]
     settings: dict[str, object] = field(default_factory=dict)
     writes_per_s: float = 0.0
+    writes_cpu: str = ""
     seal_alone_per_s: float = 0.0
     seal_alone_transactions: int = 0
     seal_alone_checkpoints: int = 0
     seal_alone_cpu: str = ""
     writes_with_seal_per_s: float = 0.0
+    writes_with_seal_cpu: str = ""
     lag: list[LagSample] = field(default_factory=list)
     drain_s: float = 0.0
     verify_transactions: int = 0
@@ -75,8 +77,14 @@ class Report:
     total_s: float = 0.0
 
     @property
+    def peak_writes_per_s(self) -> float:
+        """The ledger's peak write rate in this run: the better of its two windows (other programs on a
+        shared machine can depress either)."""
+        return max(self.writes_per_s, self.writes_with_seal_per_s)
+
+    @property
     def rate_ratio(self) -> float:
-        return self.seal_alone_per_s / self.writes_per_s if self.writes_per_s else 0.0
+        return self.seal_alone_per_s / self.peak_writes_per_s if self.peak_writes_per_s else 0.0
 
     @property
     def lag_max_transactions(self) -> int:
@@ -119,8 +127,10 @@ async def _ledger_size(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM ledger_transactions"))
 
 
-async def _writes(led: Ledger, options: argparse.Namespace, users: list[str], run_id: str, pid: int | None) -> float:
-    """One window of benchmark (a); ledger transactions per second."""
+async def _writes(
+    led: Ledger, options: argparse.Namespace, users: list[str], run_id: str, pid: int | None
+) -> tuple[float, str]:
+    """One window of benchmark (a): ledger transactions per second, and who used the CPUs meanwhile."""
     result = await workload.lifecycles(
         led,
         workload.BatchProbe(),
@@ -132,7 +142,7 @@ async def _writes(led: Ledger, options: argparse.Namespace, users: list[str], ru
         run_id=run_id,
         postmaster_pid=pid,
     )
-    return 2 * result.per_s
+    return 2 * result.per_s, result.cpu.describe()
 
 
 async def _catch_up(sealer: seal.Sealer) -> int:
@@ -166,7 +176,7 @@ async def measure(dsn: str, options: argparse.Namespace, report: Report, work_di
             await workload.fund(led, users, USER_FUNDS, run_id)
             await pool.execute("VACUUM (ANALYZE)")
             progress(f"(a) alone: {options.callers} callers, {options.warmup_s:g} s warm-up + {options.duration_s} s")
-            report.writes_per_s = await _writes(led, options, users, f"{run_id}-1", pid)
+            report.writes_per_s, report.writes_cpu = await _writes(led, options, users, f"{run_id}-1", pid)
 
         backlog = await _ledger_size(pool)
         progress(f"(seal) the sealer alone on a backlog of {backlog:,} transactions")
@@ -183,7 +193,8 @@ async def measure(dsn: str, options: argparse.Namespace, report: Report, work_di
             sealing = asyncio.create_task(sealer.run())
             sampling = asyncio.create_task(_sample_lag(pool, report))
             try:
-                report.writes_with_seal_per_s = await _writes(led, options, users, f"{run_id}-2", pid)
+                written = await _writes(led, options, users, f"{run_id}-2", pid)
+                report.writes_with_seal_per_s, report.writes_with_seal_cpu = written
                 stopped = time.perf_counter()
                 total = await _ledger_size(pool)
                 while await _sealed_position(pool) < total and time.perf_counter() - stopped < DRAIN_WAIT_S_MAX:  # noqa: ASYNC110 - the sealer is in the database, not an event here
@@ -281,10 +292,12 @@ def render(report: Report) -> str:
         f"{settings.get('checkpoint_interval_s')} s, polling every {settings.get('poll_interval_s')} s when idle",
         "",
         f"  (a)        ledger writes, alone            {report.writes_per_s:>10,.0f} tx/s",
+        f"             CPU: {report.writes_cpu}",
         f"  (seal)     sealer alone (catching up)      {report.seal_alone_per_s:>10,.0f} tx/s  "
         f"({report.seal_alone_transactions:,} transactions, {report.seal_alone_checkpoints:,} checkpoints)",
         f"             CPU: {report.seal_alone_cpu}",
         f"  (a+seal)   ledger writes, sealer beside it {report.writes_with_seal_per_s:>10,.0f} tx/s",
+        f"             CPU: {report.writes_with_seal_cpu}",
         f"             lag: max {report.lag_max_transactions:,} transactions ({report.lag_in_write_seconds:.2f} s of "
         f"writes), oldest unsealed at most {report.lag_max_seconds:.2f} s old; second half of the window: max "
         f"{max((s.transactions for s in tail), default=0):,} transactions; drained {report.drain_s:.2f} s after "
@@ -294,8 +307,9 @@ def render(report: Report) -> str:
         f"checkpoints in {report.verify_s:.2f} s ({'ok' if report.verify_ok else 'FAILED'}) = "
         f"{report.verify_s_per_million:.0f} s per million transactions (extrapolated linearly from this size)",
         "",
-        f"  (seal)/(a) = {report.rate_ratio:.2f}  {_verdict(rate_ok, f'>= {GOAL_RATE:.1f}')}",
-        f"  lag max    = {report.lag_in_write_seconds:.2f} s of writes  "
+        f"  (seal)/peak writes = {report.rate_ratio:.2f}  {_verdict(rate_ok, f'>= {GOAL_RATE:.1f}')} (the peak is the "
+        f"better of (a) and (a+seal): {report.peak_writes_per_s:,.0f} tx/s)",
+        f"  lag max            = {report.lag_in_write_seconds:.2f} s of writes  "
         f"{_verdict(lag_ok, f'<= {GOAL_LAG_WRITE_SECONDS:.0f} s')}",
         "",
     ]

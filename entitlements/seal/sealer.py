@@ -99,7 +99,8 @@ class Sealer:
             if pending > 0 and self._checkpoint_due(pending, state["checkpointed_at"], state["now"]):
                 number = await self._checkpoint(connection, state, position, head, state["now"])
         if number is not None:
-            log.info("seal_checkpoint", checkpoint=number, position=position)
+            # Debug: at the peak write rate that is several a second; /metrics shows the progress.
+            log.debug("seal_checkpoint", checkpoint=number, position=position)
         return Round(sealed=len(rows), checkpoint=number, more=0 < room == len(rows))
 
     def _checkpoint_due(self, pending: int, checkpointed_at: datetime | None, now: datetime) -> bool:
