@@ -32,7 +32,7 @@ import asyncpg
 
 import migrations
 from bench.ledger import cpu, workload
-from bench.ledger.run import machine, postmaster_pid, progress
+from bench.ledger.run import add_workload_options, create_databases, machine, postmaster_pid, progress
 from entitlements import seal
 from entitlements.dev.embedded_db import EmbeddedPostgres, ServerOptions
 from entitlements.seal.service import refresh_metrics
@@ -108,11 +108,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.seal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration-s", type=int, default=10, help="measured seconds of (a) and (a+seal) (default 10)")
-    parser.add_argument("--warmup-s", type=float, default=2.0, help="ledger warm-up before measuring (default 2)")
-    parser.add_argument("--callers", type=int, default=256, help="concurrent ledger callers (default 256)")
-    parser.add_argument("--users", type=int, default=10_000, help="users (default 10000)")
-    parser.add_argument("--fast", action="store_true", help="fsync off: quick iteration, not the honest figure")
+    add_workload_options(parser)
     parser.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is not met")
     options, _ = parser.parse_known_args(argv)
@@ -246,24 +242,13 @@ def run(options: argparse.Namespace) -> Report:
     try:
         progress(f"starting embedded PostgreSQL in {work_dir} ({'fsync OFF' if options.fast else 'durable, fsync on'})")
         dsn = server.start()
-        admin = asyncio.run(_create_database(dsn))
-        report.machine["postgres"] = admin
+        report.machine["postgres"] = asyncio.run(create_databases(dsn, [DATABASE]))
         asyncio.run(measure(server.socket_dsn_for(DATABASE), options, report, work_dir, postmaster_pid(server)))
     finally:
         server.destroy()
         shutil.rmtree(work_dir, ignore_errors=True)
     report.total_s = time.perf_counter() - began
     return report
-
-
-async def _create_database(dsn: str) -> str:
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-        version: str = await admin.fetchval("SHOW server_version")
-        return version
-    finally:
-        await admin.close()
 
 
 def _verdict(passed: bool, goal: str) -> str:

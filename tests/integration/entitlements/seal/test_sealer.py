@@ -170,3 +170,24 @@ async def test_without_a_key_the_service_does_not_seal_and_says_why(tmp_path: Pa
     disabled = seal.signer_for(dataclasses.replace(seal_settings(key_file=tmp_path / "seal-key.pem"), enabled=False))
     assert not disabled.sealing
     assert disabled.public_keys == {made.key_id: made.public_key}
+
+
+async def test_bounded_verification_walks_the_whole_ledger_in_windows(pool: asyncpg.Pool, key: seal.SigningKey) -> None:
+    async with L.Ledger(pool) as led:
+        total = len(await activity(led, users=3))
+    settings = seal_settings(checkpoint_transactions=4, verify_transactions_max=8)
+    await seal_everything(seal.Sealer(pool, settings, key))
+    signer = seal.Signer(key=key, problem=None, enabled=True, public_keys={key.key_id: key.public_key})
+    latest = await seal.verify_window(pool, settings, signer, checkpoint=None)
+    # The most recent checkpoints of at most 8 transactions (2 and 3), and the 3 chained after them.
+    assert (latest.ok, latest.complete, latest.first_position, latest.last_position) == (True, True, 5, total)
+    windows, checkpoint = [], 1
+    while True:
+        window = await seal.verify_window(pool, settings, signer, checkpoint=checkpoint)
+        assert window.ok
+        windows.append((window.first_position, window.last_position))
+        if window.complete:
+            break
+        assert window.next_checkpoint is not None
+        checkpoint = window.next_checkpoint
+    assert windows == [(1, 8), (9, total)]
