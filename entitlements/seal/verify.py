@@ -29,7 +29,7 @@ from entitlements.seal.offline import (
     merkle_root,
     signature_problem,
 )
-from entitlements.seal.records import every_transaction_after, signed_checkpoint, state_row
+from entitlements.seal.records import every_transaction_after, signed_checkpoint
 
 PAGE_ROWS = 1000
 
@@ -38,7 +38,7 @@ PAGE_ROWS = 1000
 class Difference:
     """The first thing that did not verify. `problem` is stable: changed, deleted, inserted, reordered,
     chain_changed, chain_missing, checkpoint_mismatch, checkpoint_gap, bad_signature, unknown_key,
-    head_mismatch."""
+    head_mismatch, state_missing."""
 
     problem: str
     detail: str
@@ -139,24 +139,32 @@ async def _window(
     return chosen, state["sealed_position"], None
 
 
+def _nothing_checked(difference: Difference) -> Verification:
+    return Verification(
+        first_position=1, last_position=0, checkpoints=0, complete=False, next_checkpoint=None, difference=difference
+    )
+
+
 async def _verify(
     connection: ledger.Connection,
     public_keys: Mapping[str, Ed25519PublicKey],
     first_checkpoint: int,
     transactions_max: int | None,
 ) -> Verification:
-    state = await state_row(connection, queries.STATE)
+    state = await connection.fetchrow(queries.STATE)
+    if state is None:
+        missing = Difference(
+            problem="state_missing",
+            detail="the seal's state row is gone (removed behind the service's back)",
+            position=None,
+            transaction_id=None,
+            checkpoint=None,
+        )
+        return _nothing_checked(missing)
     try:
         chosen, last_position, next_checkpoint = await _window(connection, state, first_checkpoint, transactions_max)
     except _Found as found:
-        return Verification(
-            first_position=1,
-            last_position=0,
-            checkpoints=0,
-            complete=False,
-            next_checkpoint=None,
-            difference=found.difference,
-        )
+        return _nothing_checked(found.difference)
     if chosen:
         start = chosen[0].checkpoint.first_position - 1
         head = chosen[0].checkpoint.previous_head

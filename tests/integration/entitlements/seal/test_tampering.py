@@ -231,3 +231,10 @@ async def test_removing_a_checkpoint_in_the_middle_is_named(sealed: Sealed) -> N
     assert result.difference is not None
     assert result.difference.problem == "checkpoint_gap"
     assert result.difference.checkpoint == 3
+
+
+async def test_removing_the_seals_state_is_named(sealed: Sealed) -> None:
+    await sealed.as_superuser("DELETE FROM ledger_seal_state")
+    result = await sealed.verify()
+    assert result.difference is not None
+    assert result.difference.problem == "state_missing"
