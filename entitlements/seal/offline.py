@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +41,7 @@ NODE_PREFIX = b"\x01"
 # A field is its length (4 bytes, big-endian) then its UTF-8 bytes; this length stands for NULL.
 NULL_LENGTH = 0xFFFFFFFF
 KEY_ID_HEX_CHARS = 16
+Side = Literal["left", "right"]
 
 
 class FormatError(ValueError):
@@ -171,7 +172,7 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     return level[0]
 
 
-def _steps(index: int, size: int) -> Iterator[tuple[str | None, int]]:
+def _steps(index: int, size: int) -> Iterator[tuple[Side | None, int]]:
     """For each level from the leaves up: which side the sibling is on (None: promoted, no sibling) and
     the sibling's index on that level."""
     while size > 1:
@@ -185,12 +186,12 @@ def _steps(index: int, size: int) -> Iterator[tuple[str | None, int]]:
         size = (size + 1) // 2
 
 
-def merkle_path(leaves: Sequence[bytes], index: int) -> list[tuple[str, bytes]]:
+def merkle_path(leaves: Sequence[bytes], index: int) -> list[tuple[Side, bytes]]:
     """The siblings from leaf `index` up to the root, each with the side it is on."""
     if not 0 <= index < len(leaves):
         raise FormatError("a leaf index outside the tree")
     level = list(leaves)
-    path: list[tuple[str, bytes]] = []
+    path: list[tuple[Side, bytes]] = []
     for side, sibling in _steps(index, len(leaves)):
         if side is not None:
             path.append((side, level[sibling]))

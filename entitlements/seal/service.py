@@ -191,7 +191,7 @@ async def proof(pool: asyncpg.Pool, transaction_id: int) -> ProofOut:
         hash=leaf.hex(),
         position=position,
         leaf_index=index,
-        merkle_path=[MerkleStep(side=side, hash=sibling.hex()) for side, sibling in merkle_path(leaves, index)],  # type: ignore[arg-type]
+        merkle_path=[MerkleStep(side=side, hash=sibling.hex()) for side, sibling in merkle_path(leaves, index)],
         checkpoint=checkpoint_out(covering),
     )
 
