@@ -25,7 +25,7 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes
+from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes, seal
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
@@ -48,6 +48,7 @@ from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, 
 from entitlements.keys.controllers import KeysController
 from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
+from entitlements.seal.controllers import SealController
 from entitlements.settings import ConsoleSettings, GenerationSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
 from generation_client import WorkerClient
@@ -68,6 +69,7 @@ CONTROLLERS = (
     BillingController,
     KeysController,
     ApprovalsController,
+    SealController,
     ConsoleController,
 )
 # What approving an approval of each kind does: the grant's and the refund's own code (and, for a rejected
@@ -138,6 +140,7 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "metrics_readers": _state_value(state, "metrics_readers"),
         "key_cache": _state_value(state, "key_cache"),
         "approval_effects": _state_value(state, "approval_effects"),
+        "seal_signer": _state_value(state, "seal_signer"),
         "price_table": Provide(provide_price_table, sync_to_thread=False),
         "caller": Provide(provide_caller, sync_to_thread=False),
         "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
@@ -189,6 +192,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     # The document is the whole contract: request bodies whose rules are data (the price grid, the catalog)
     # are described from that data, so what the document calls valid is what the service accepts.
+    # The seal's signing key is read once, here; without one the service runs and says it does not seal.
+    seal_signer = seal.signer_for(settings.seal)
     table_now = pricing.current_table(price_tables, datetime.now(UTC))
     grid = quotes.request_json_schema(table_now)
     body_refinements = {
@@ -204,7 +209,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             catalog=catalog,
             extra_audit_checks=EXTRA_AUDIT_CHECKS,
             approval_effects=APPROVAL_EFFECTS,
-            metrics_readers=METRICS_READERS,
+            metrics_readers=(
+                *METRICS_READERS,
+                partial(seal.refresh_metrics, count_max=settings.seal.lag_count_max),
+            ),
+            seal_signer=seal_signer,
             dispatcher=None,
             stripe=None,
             key_cache=None,
@@ -250,19 +259,32 @@ def sweeper_for(
     return generations.Sweeper(pool, ledger_service, settings, also)
 
 
+def _sealer_task(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
+    """The seal's sealer, in every process that has the signing key (one seals at a time)."""
+    signer: seal.Signer = app.state.seal_signer
+    if not signer.sealing:
+        log.warning("seal_not_running", reason=signer.problem)
+        return []
+    assert signer.key is not None
+    sealer = seal.Sealer(app.state.pool, settings.seal, signer.key)
+    return [asyncio.create_task(sealer.run(), name="sealer")]
+
+
 async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
-    """The dispatcher and the sweeper run beside the API in every `moments serve` process (unless
-    DISPATCHER_ENABLED=false); they coordinate with other processes only through PostgreSQL."""
+    """The sealer, the dispatcher and the sweeper run beside the API in every `moments serve` process
+    (the latter two unless DISPATCHER_ENABLED=false; the sealer unless SEAL_ENABLED=false or it has no
+    key); they coordinate with other processes only through PostgreSQL."""
     app.state.dispatcher = None
     app.state.worker_client = None
+    tasks = _sealer_task(app, settings)
     generation = settings.generation
     if not generation.dispatcher_enabled:
-        return []
+        return tasks
     pool, ledger_service = app.state.pool, app.state.ledger
     sweeper = sweeper_for(
         pool, ledger_service, generation, settings.stripe, app.state.stripe, app.state.catalog, settings.console
     )
-    tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
+    tasks.append(asyncio.create_task(sweeper.run(), name="sweeper"))
     if not generation.worker_urls:
         log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
         return tasks

@@ -275,6 +275,53 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SealSettings:
+    """The ledger's seal (docs/seal.md). The signing key lives outside the database: a file, or the PEM
+    text itself in the environment; never logged."""
+
+    # The Ed25519 private key (PKCS #8 PEM) that signs checkpoints, as `moments seal-key` writes it.
+    key_file: Path | None
+    # The same PEM text, for platforms that hand secrets over as environment variables.
+    key_pem: str | None = field(repr=False)
+    # Public keys of earlier signing keys (PEM files, comma-separated): checkpoints signed before a key
+    # rotation still verify. The signing key's own public key needs no entry.
+    public_key_files: tuple[Path, ...]
+    # Whether this process runs a sealer at all (any number may; one seals at a time).
+    enabled: bool
+    # A checkpoint is written once this many transactions are chained since the last one...
+    checkpoint_transactions: int
+    # ... or once this long has passed since the last one, whichever comes first (if any are waiting).
+    checkpoint_interval_s: float
+    # How long an idle sealer sleeps before looking for new ledger transactions.
+    poll_interval_s: float
+    # GET /v1/ledger/verify recomputes at most about this many transactions per request.
+    verify_transactions_max: int
+    # /metrics and GET /v1/ledger/seal count unsealed transactions up to this many ("at least" beyond).
+    lag_count_max: int
+
+    def __post_init__(self) -> None:
+        if self.key_file is not None and self.key_pem is not None:
+            raise SettingsError("set SEAL_KEY_FILE or SEAL_PRIVATE_KEY, not both")
+
+    @classmethod
+    def from_env(cls) -> SealSettings:
+        key_file = _optional("SEAL_KEY_FILE")
+        return cls(
+            key_file=Path(key_file) if key_file else None,
+            key_pem=_optional("SEAL_PRIVATE_KEY"),
+            public_key_files=tuple(
+                Path(name.strip()) for name in _text("SEAL_PUBLIC_KEY_FILES", "").split(",") if name.strip()
+            ),
+            enabled=_bool("SEAL_ENABLED", True),
+            checkpoint_transactions=_int("SEAL_CHECKPOINT_TRANSACTIONS", 1000, minimum=1, maximum=100_000),
+            checkpoint_interval_s=_float("SEAL_CHECKPOINT_INTERVAL_S", 10.0, minimum=0.05, maximum=86_400),
+            poll_interval_s=_float("SEAL_POLL_INTERVAL_S", 0.5, minimum=0.01, maximum=60),
+            verify_transactions_max=_int("SEAL_VERIFY_TRANSACTIONS_MAX", 20_000, minimum=1, maximum=10_000_000),
+            lag_count_max=_int("SEAL_LAG_COUNT_MAX", 1_000_000, minimum=1, maximum=1_000_000_000),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings
     api: ApiSettings
@@ -282,6 +329,7 @@ class Settings:
     ledger: LedgerSettings
     stripe: StripeSettings
     console: ConsoleSettings
+    seal: SealSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -292,4 +340,5 @@ class Settings:
             ledger=LedgerSettings.from_env(),
             stripe=StripeSettings.from_env(),
             console=ConsoleSettings.from_env(),
+            seal=SealSettings.from_env(),
         )

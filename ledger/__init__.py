@@ -14,6 +14,7 @@ from ledger.cursors import (
 )
 from ledger.engine import Connection
 from ledger.feed import (
+    COMMITTED_AFTER,
     START,
     CommitPosition,
     commit_horizon,
@@ -64,6 +65,7 @@ from ledger.service import (
 
 __all__ = [
     "AMOUNT_MOMENTS_MAX",
+    "COMMITTED_AFTER",
     "CURSOR_CHARS_MAX",
     "LOT_CATEGORIES",
     "PAGE_SIZE_MAX",

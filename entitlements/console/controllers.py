@@ -32,7 +32,7 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 import ledger
-from entitlements import accounts, approvals, billing, console, generations
+from entitlements import accounts, approvals, billing, console, generations, seal
 from entitlements.approvals import APPROVAL_ID_MAX, ApprovalDecision, ApprovalEffect
 from entitlements.console import ConsoleSession
 from entitlements.errors import DomainError, SessionRequired, ValidationFailed
@@ -80,7 +80,7 @@ SECURITY_HEADERS = {
 
 # What each route shows or does, as the API operations whose roles it takes (`opt["mirrors"]`).
 ANY_PAGE = ("getUserLedger", "listGenerations", "auditLedger", "reconcileStripe", "listApprovals")
-FINANCE = ("auditLedger", "reconcileStripe")
+FINANCE = ("auditLedger", "reconcileStripe", "getSeal")
 Effects = NamedDependency[Mapping[str, ApprovalEffect]]
 ImageIdQuery = Annotated[
     str | None, QueryParameter(min_length=1, max_length=IMAGE_ID_CHARS_MAX, pattern=IMAGE_ID_PATTERN)
@@ -586,6 +586,19 @@ class ConsoleController(Controller):
         window_since, window_until = _window(since, until)
         report = await billing.reconcile(read_pool, since=window_since, until=window_until)
         return render(request, "finance/reconciliation.html", report=report, since=since or "", until=until or "")
+
+    @get("/finance/seal", opt={"mirrors": ("getSeal", "verifySeal")})
+    async def seal(
+        self,
+        request: Request[Any, Any, Any],
+        pool: Pool,
+        settings: AppSettings,
+        seal_signer: NamedDependency[seal.Signer],
+        verify: Annotated[bool, QueryParameter(description="Also verify the latest checkpoints now.")] = False,
+    ) -> Template:
+        seal_status = await seal.status(pool, settings.seal, seal_signer)
+        verification = await seal.verify_window(pool, settings.seal, seal_signer, checkpoint=None) if verify else None
+        return render(request, "finance/seal.html", seal=seal_status, verification=verification, settings=settings.seal)
 
 
 def _granted_id(answer: accounts.GrantAnswer) -> int:

@@ -73,6 +73,9 @@ RAISES: dict[str, tuple[str, ...]] = {
     "rotateKey": ("not_found", "conflict"),
     "approveApproval": ("not_found", "conflict", "not_refundable", "unavailable"),
     "rejectApproval": ("not_found", "conflict"),
+    # not_sealed: not yet in a signed checkpoint; conflict: the ledger no longer matches what was sealed.
+    "getTransactionProof": ("not_found", "not_sealed", "conflict"),
+    "verifySeal": ("not_found",),
 }
 # What an idempotent (money-changing) operation may answer because it is idempotent and writes the ledger.
 IDEMPOTENT_CODES = ("idempotency_key_required", "idempotency_key_reused", "unavailable")

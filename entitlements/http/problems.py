@@ -44,6 +44,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "conflict": 409,
     "idempotency_key_reused": 409,
     "not_refundable": 409,
+    "not_sealed": 409,
     "video_unavailable": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,

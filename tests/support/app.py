@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from entitlements.settings import Settings
+from entitlements.settings import SealSettings, Settings
 
 
 def settings_for(
@@ -13,6 +13,7 @@ def settings_for(
     *,
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
+    seal_settings: SealSettings | None = None,
     **generation: Any,
 ) -> Settings:
     """The environment's settings against this database, without a dispatcher unless asked; `api_settings`
@@ -24,4 +25,5 @@ def settings_for(
         generation=dataclasses.replace(base.generation, **({"dispatcher_enabled": False} | generation)),
         api=dataclasses.replace(base.api, **(api_settings or {})),
         console=dataclasses.replace(base.console, **(console_settings or {})),
+        seal=seal_settings or base.seal,
     )

@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from entitlements.app import create_app
 from entitlements.keys import ROLES, create_key
+from entitlements.settings import SealSettings
 from tests.support.app import settings_for
 
 
@@ -42,12 +43,19 @@ async def api_for(
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
     extra_keys: dict[str, tuple[str, str]] | None = None,
+    seal_settings: SealSettings | None = None,
     **generation: Any,
 ) -> AsyncIterator[Api]:
     """The app in process with a key per role (named `test-{role}`), plus `extra_keys` ({who: (role, name)}:
     more people, such as a second support person)."""
     app = create_app(
-        settings_for(database_url, api_settings=api_settings, console_settings=console_settings, **generation)
+        settings_for(
+            database_url,
+            api_settings=api_settings,
+            console_settings=console_settings,
+            seal_settings=seal_settings,
+            **generation,
+        )
     )
     connection = await asyncpg.connect(database_url)
     try:

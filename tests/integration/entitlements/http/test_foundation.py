@@ -61,6 +61,10 @@ API_MD_ROLES: dict[str, frozenset[str] | str] = {
     "GET /v1/approvals": frozenset({"support", "admin"}),
     "POST /v1/approvals/{id}/approve": frozenset({"support", "admin"}),
     "POST /v1/approvals/{id}/reject": frozenset({"support", "admin"}),
+    "GET /v1/ledger/seal": frozenset({"finance"}),
+    "GET /v1/ledger/checkpoints": frozenset({"finance"}),
+    "GET /v1/ledger/transactions/{id}/proof": frozenset({"support", "finance"}),
+    "GET /v1/ledger/verify": frozenset({"finance"}),
 }
 # Endpoints that exist today; the contract table must match at least these.
 ENDPOINTS_PRESENT_NOW = {"GET /v1/pricing", "POST /v1/quotes", "POST /v1/prompts/advice"}
@@ -141,7 +145,9 @@ async def test_healthz_and_readyz_answer_200(client: AsyncTestClient[Litestar]) 
     assert health.json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready"}
+    assert ready.json()["status"] == "ready"
+    # Never a reason to take the process out of service, but said: this one has no signing key.
+    assert ready.json()["seal"].startswith("not sealing: no signing key")
 
 
 async def test_readyz_says_not_ready_when_the_database_is_gone(postgres_admin_dsn: str, database_url: str) -> None:
