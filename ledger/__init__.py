@@ -9,6 +9,7 @@ from ledger.cursors import (
     InvalidCursor,
     decode_cursor,
     decode_id_cursor,
+    decode_instant,
     encode_cursor,
     encode_id_cursor,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "audit",
     "decode_cursor",
     "decode_id_cursor",
+    "decode_instant",
     "encode_cursor",
     "encode_id_cursor",
 ]

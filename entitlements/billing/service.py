@@ -357,11 +357,8 @@ def _decode_events_cursor(cursor: str | None) -> tuple[datetime, str] | None:
     if cursor is None:
         return None
     created, event_id = ledger.decode_cursor(cursor, EVENTS_CURSOR, 2)
-    try:
-        after = datetime.fromisoformat(created)
-    except ValueError:
-        raise ledger.InvalidCursor from None
-    if after.tzinfo is None or _EVENT_ID.fullmatch(event_id) is None:
+    after = ledger.decode_instant(created)
+    if _EVENT_ID.fullmatch(event_id) is None:
         raise ledger.InvalidCursor
     return after, event_id
 

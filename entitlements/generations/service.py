@@ -212,7 +212,7 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
         return None
     created_at, generation_id = ledger.decode_cursor(cursor, GENERATIONS_CURSOR, 2)
     try:
-        return datetime.fromisoformat(created_at), uuid.UUID(generation_id)
+        return ledger.decode_instant(created_at), uuid.UUID(generation_id)
     except ValueError:
         raise ledger.InvalidCursor from None
 

@@ -13,7 +13,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 REQUEST_ID_HEADER = b"x-request-id"
-_REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 REQUESTS = Counter("moments_http_requests_total", "HTTP requests", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram("moments_http_request_seconds", "HTTP request latency", ["method", "route"])
@@ -34,7 +34,7 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER, b"")
-        request_id = incoming.decode() if _REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+        request_id = incoming.decode() if _REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500

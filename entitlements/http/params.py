@@ -23,7 +23,7 @@ from entitlements.settings import Settings
 
 # The largest `limit` any page takes, whatever PAGE_SIZE_MAX says; the setting may only lower it.
 LIMIT_MAX = 1000
-IDEMPOTENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+IDEMPOTENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$(?!\n)"
 
 UserIdPath = Annotated[
     str,
