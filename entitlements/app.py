@@ -25,7 +25,7 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes
+from entitlements import accounts, approvals, billing, console, generations, keys, limits, prompts, quotes
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
@@ -43,8 +43,10 @@ from entitlements.http import (
 from entitlements.http.controllers import HealthController
 from entitlements.http.dependencies import resolve_dependencies_in_order
 from entitlements.http.hooks import before_request
+from entitlements.http.limits import POLICIES_STATE_KEY
 from entitlements.http.observability import request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
+from entitlements.http.semantics import http_semantics
 from entitlements.keys.controllers import KeysController
 from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
@@ -208,6 +210,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             dispatcher=None,
             stripe=None,
             key_cache=None,
+            **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits)},
         )
     )
     app = Litestar(
@@ -225,8 +228,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config(page_size_max=settings.api.page_size_max, body_refinements=body_refinements),
         logging_config=None,
     )
-    # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged too.
-    app.asgi_handler = request_logging_middleware(app.asgi_handler)
+    # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged (and
+    # answered with the same headers) too.
+    app.asgi_handler = request_logging_middleware(http_semantics(app.asgi_handler))
     return app
 
 

@@ -41,6 +41,7 @@ from ledger.rules import (
     InvalidOperation,
     LedgerRuleError,
     NotRefundable,
+    TooManyOpenHolds,
 )
 from ledger.service import (
     PAGE_SIZE_MAX,
@@ -95,6 +96,7 @@ __all__ = [
     "Refund",
     "Result",
     "ShareItem",
+    "TooManyOpenHolds",
     "TransactionItem",
     "TransactionKind",
     "Void",

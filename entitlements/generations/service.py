@@ -145,7 +145,10 @@ async def create(
     body: GenerationCreate,
     key: str,
     hold_ttl_s: int,
+    open_generations_max: int = 0,
 ) -> GenerationOut:
+    """Holds the price and queues the generation; `open_generations_max` generations of the user in
+    progress refuse another (429 concurrency_limited; 0: no cap), counted by the ledger under the user's lock."""
     quote = quotes.quote(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
@@ -163,6 +166,7 @@ async def create(
             reference=f"generation:{generation_id}",
             amount=quote.moments,
             expires_at=now + timedelta(seconds=hold_ttl_s),
+            open_holds_max=open_generations_max or None,
         ),
         generation=batch.new_generation(
             generation_id=generation_id,

@@ -13,6 +13,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Set by http_semantics on a HEAD request it answers as its GET: the log and the metrics still say HEAD.
+HEAD_SCOPE_KEY = "moments.head"
 _REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 REQUESTS = Counter("moments_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -54,7 +56,7 @@ def request_logging_middleware(app: ASGIApp) -> ASGIApp:
         finally:
             elapsed_s = time.perf_counter() - started
             route = scope.get("path_template") or _route_of(scope)
-            method = scope.get("method", "")
+            method = "HEAD" if scope.get(HEAD_SCOPE_KEY) else scope.get("method", "")
             # A label value per invented method would let anyone grow /metrics (and this module's cache).
             method_label = method if method in METHOD_LABELS else "OTHER"
             counter, histogram = _series(method_label, route, status)

@@ -333,7 +333,9 @@ async def send(
     target = path or concrete_path(operation)
     if query:
         target += "?" + query
-    raw: list[tuple[bytes, bytes]] = [(name.encode(), value.encode()) for name, value in base_headers(callers, operation).items()]
+    raw: list[tuple[bytes, bytes]] = [
+        (name.encode(), value.encode()) for name, value in base_headers(callers, operation).items()
+    ]
     if body is None:
         body = plausible_body(operation)
     if operation.form:
@@ -440,7 +442,7 @@ async def test_hostile_body_fields(app: Litestar, callers: Callers) -> None:
         if operation.body is None:
             continue
         example = EXAMPLE_BODIES[operation.operation_id or ""]
-        for field_name in [field.encode_name for field in msgspec.structs.fields(operation.body)]:
+        for field_name in [member.encode_name for member in msgspec.structs.fields(operation.body)]:
             for value in HOSTILE_VALUES:
                 body = json.dumps({**example, field_name: value}).encode()
                 response = await send(callers, operation, body=body)
