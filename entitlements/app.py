@@ -44,7 +44,7 @@ from entitlements.http.controllers import HealthController
 from entitlements.http.dependencies import resolve_dependencies_in_order
 from entitlements.http.hooks import before_request
 from entitlements.http.limits import POLICIES_STATE_KEY
-from entitlements.http.observability import request_logging_middleware
+from entitlements.http.observability import observe_ledger_batch, request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
 from entitlements.http.semantics import http_semantics
 from entitlements.keys.controllers import KeysController
@@ -59,7 +59,7 @@ from generation_client.logs import configure_logging
 # Stripe events and their ledger transactions match).
 EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
 # Gauges each domain reads from the database when /metrics is scraped.
-METRICS_READERS = (billing.refresh_metrics,)
+METRICS_READERS = (billing.refresh_metrics, generations.refresh_metrics)
 CONTROLLERS = (
     HealthController,
     QuotesController,
@@ -165,7 +165,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.ledger = ledger.Ledger(
             app.state.pool,
             batch_settings=ledger.BatchSettings(
-                batch_size_max=settings.ledger.batch_size_max, committers=settings.ledger.committers
+                batch_size_max=settings.ledger.batch_size_max,
+                committers=settings.ledger.committers,
+                observe_batch=observe_ledger_batch,
             ),
         )
         await app.state.ledger.start()

@@ -19,8 +19,24 @@ _REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 REQUESTS = Counter("moments_http_requests_total", "HTTP requests", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram("moments_http_request_seconds", "HTTP request latency", ["method", "route"])
+# The ledger's group commit: how many operations a committed batch carried, and BEGIN to COMMIT.
+LEDGER_BATCH_SIZE = Histogram(
+    "moments_ledger_batch_operations",
+    "Operations per committed ledger batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+LEDGER_COMMIT_SECONDS = Histogram(
+    "moments_ledger_batch_seconds",
+    "Ledger batch transaction time, BEGIN to COMMIT",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def observe_ledger_batch(size: int, seconds: float) -> None:
+    LEDGER_BATCH_SIZE.observe(size)
+    LEDGER_COMMIT_SECONDS.observe(seconds)
 
 
 def metrics_text() -> bytes:
