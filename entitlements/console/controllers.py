@@ -237,7 +237,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("console_unhandled_exception", error_type=type(exc).__name__)
+    log.exception("console_unhandled_exception", bug=True, error_type=type(exc).__name__)
     return _problem_page(request, "internal_error", "something went wrong; the request id finds it in the logs")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import structlog
 from litestar import Request
 
 from entitlements import limits
@@ -22,6 +24,7 @@ from entitlements.keys import Caller
 RATE_LIMIT_SCOPE_KEY = "moments.rate_limit"
 POLICIES_STATE_KEY = "rate_limit_policies"
 READ_METHODS = frozenset({"GET", "HEAD"})
+log = structlog.get_logger("moments.limits")
 
 
 def endpoint_class(handler_opt: dict[str, Any], method: str) -> str | None:
@@ -52,7 +55,13 @@ async def check_rate_limit(request: Request[Any, Any, Any]) -> None:
     if policy is None or not isinstance(caller, Caller):
         return
     key = idempotency_key_of(request.scope) if handler.opt.get("idempotent") else None
-    decision = await limits.check(request.app.state.pool, policy, key_id=caller.key_id, idempotency_key=key)
+    try:
+        decision = await limits.check(request.app.state.pool, policy, key_id=caller.key_id, idempotency_key=key)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        # A limit that cannot be read lets the request through (it meets the same database next, and
+        # answers for itself): the abuse guard must not turn a database hiccup into refusals of its own.
+        log.warning("rate_limit_unchecked", endpoint_class=policy.name, error_type=type(error).__name__)
+        return
     request.scope[RATE_LIMIT_SCOPE_KEY] = decision  # type: ignore[literal-required]
     if not decision.allowed:
         raise limits.RateLimited(

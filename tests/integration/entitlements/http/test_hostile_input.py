@@ -11,6 +11,7 @@ to be probed field by field; a test says so when one is missing).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -267,9 +268,8 @@ async def probe_database_url(postgres_admin_dsn: str, template_database: str) ->
 
 @pytest.fixture(scope="module")
 def app(probe_database_url: str) -> Litestar:
-    settings = settings_for(probe_database_url)
-    import dataclasses
-
+    # No rate limits: thousands of probes from one key must reach the handlers, not a 429.
+    settings = settings_for(probe_database_url, rate_limits={"enabled": False})
     return create_app(dataclasses.replace(settings, stripe=stripe_settings_for(None)))
 
 

@@ -227,3 +227,15 @@ async def fail_generation(pool: asyncpg.Pool, generation_id: str) -> None:
             pool, ledger_service, uuid.UUID(generation_id), "test: failed on purpose"
         )
     assert settled
+
+
+async def test_a_limit_that_cannot_be_read_lets_the_request_through(database_url: str) -> None:
+    async with apps(database_url, 1, rate_limits=limited(reads=(SLOW_PER_S, 1))) as (api,):
+        connection = await asyncpg.connect(database_url)
+        try:
+            await connection.execute("DROP TABLE rate_limits")
+        finally:
+            await connection.close()
+        responses = [await api.get("/v1/pricing", "service") for _ in range(3)]
+    assert [response.status_code for response in responses] == [200] * 3
+    assert "ratelimit" not in responses[0].headers
