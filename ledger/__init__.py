@@ -14,6 +14,14 @@ from ledger.cursors import (
     encode_id_cursor,
 )
 from ledger.engine import Connection
+from ledger.feed import (
+    START,
+    CommitPosition,
+    commit_horizon,
+    committed_after,
+    decode_position,
+    encode_position,
+)
 from ledger.operations import (
     LOT_CATEGORIES,
     TRANSACTION_KINDS,
@@ -61,6 +69,7 @@ __all__ = [
     "CURSOR_CHARS_MAX",
     "LOT_CATEGORIES",
     "PAGE_SIZE_MAX",
+    "START",
     "TRANSACTION_KINDS",
     "AnyOperation",
     "AuditReport",
@@ -70,6 +79,7 @@ __all__ = [
     "Check",
     "Clawback",
     "ClawbackUnspent",
+    "CommitPosition",
     "Companion",
     "Connection",
     "Credit",
@@ -101,9 +111,13 @@ __all__ = [
     "TransactionKind",
     "Void",
     "audit",
+    "commit_horizon",
+    "committed_after",
     "decode_cursor",
     "decode_id_cursor",
     "decode_instant",
+    "decode_position",
     "encode_cursor",
     "encode_id_cursor",
+    "encode_position",
 ]

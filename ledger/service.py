@@ -14,6 +14,7 @@ from ledger.batcher import Batcher, BatchSettings
 from ledger.companions import Companion
 from ledger.cursors import decode_id_cursor, encode_id_cursor
 from ledger.engine import Connection, Engine, Outcome
+from ledger.feed import COMMITTED_AFTER, CommitPosition
 from ledger.operations import AnyOperation, ExpireLots, Result
 from ledger.rules import LedgerRuleError, Lot, spending_order_key
 
@@ -138,6 +139,23 @@ def _delta_fields(row: asyncpg.Record) -> dict[str, Any]:
         "actor": row["actor"],
         "created_at": row["created_at"],
     }
+
+
+def _transaction_item(row: asyncpg.Record) -> TransactionItem:
+    return TransactionItem(
+        transaction_id=row["id"],
+        kind=row["kind"],
+        user_id=row["user_id"],
+        postings=[
+            Posting(account=account, amount=amount)
+            for account, amount in zip(row["accounts"], row["amounts"], strict=True)
+        ],
+        reference=row["reference"],
+        reverses_transaction_id=row["reverses_transaction_id"],
+        actor=row["actor"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+    )
 
 
 class Ledger:
@@ -367,25 +385,36 @@ class Ledger:
             kind,
             limit + 1,
         )
-        items = [
-            TransactionItem(
-                transaction_id=row["id"],
-                kind=row["kind"],
-                user_id=row["user_id"],
-                postings=[
-                    Posting(account=account, amount=amount)
-                    for account, amount in zip(row["accounts"], row["amounts"], strict=True)
-                ],
-                reference=row["reference"],
-                reverses_transaction_id=row["reverses_transaction_id"],
-                actor=row["actor"],
-                reason=row["reason"],
-                created_at=row["created_at"],
-            )
-            for row in rows[:limit]
-        ]
+        items = [_transaction_item(row) for row in rows[:limit]]
         next_cursor = encode_id_cursor(TRANSACTIONS_CURSOR, items[-1].transaction_id) if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
+
+    async def feed(
+        self, after: CommitPosition, *, limit: int, connection: asyncpg.Pool | Connection | None = None
+    ) -> tuple[list[TransactionItem], CommitPosition]:
+        """Transactions committed after `after`, in commit order (ledger/feed.py), with where to go on
+        from: the last one's position, or `after` itself when nothing new has committed."""
+        assert 1 <= limit <= PAGE_SIZE_MAX
+        rows = await (connection or self.pool).fetch(
+            f"""
+            WITH c AS ({COMMITTED_AFTER})
+            SELECT t.id, c.xid, t.kind, t.user_id, t.reference, t.reverses_transaction_id, t.actor, t.reason,
+                   t.created_at, array_agg(a.code ORDER BY a.code) AS accounts,
+                   array_agg(p.amount ORDER BY a.code) AS amounts
+            FROM c
+            JOIN ledger_transactions t ON t.id = c.id
+            JOIN ledger_postings p ON p.transaction_id = t.id
+            JOIN ledger_accounts a ON a.id = p.account_id
+            GROUP BY t.id, c.xid
+            ORDER BY c.xid, t.id
+            """,
+            str(after.xid),
+            after.transaction_id,
+            limit,
+        )
+        items = [_transaction_item(row) for row in rows]
+        last = CommitPosition(xid=int(rows[-1]["xid"]), transaction_id=rows[-1]["id"]) if rows else after
+        return items, last
 
     async def audit(self, extra_checks: Sequence[ExtraCheck] = ()) -> AuditReport:
         async with self.pool.acquire() as connection:
