@@ -25,7 +25,7 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes, seal
+from entitlements import accounts, approvals, billing, console, generations, keys, limits, prompts, quotes, seal
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
@@ -43,8 +43,10 @@ from entitlements.http import (
 from entitlements.http.controllers import HealthController
 from entitlements.http.dependencies import resolve_dependencies_in_order
 from entitlements.http.hooks import before_request
-from entitlements.http.observability import request_logging_middleware
+from entitlements.http.limits import POLICIES_STATE_KEY
+from entitlements.http.observability import observe_ledger_batch, request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
+from entitlements.http.semantics import http_semantics
 from entitlements.keys.controllers import KeysController
 from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
@@ -58,7 +60,7 @@ from generation_client.logs import configure_logging
 # Stripe events and their ledger transactions match).
 EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
 # Gauges each domain reads from the database when /metrics is scraped.
-METRICS_READERS = (billing.refresh_metrics,)
+METRICS_READERS = (billing.refresh_metrics, generations.refresh_metrics)
 CONTROLLERS = (
     HealthController,
     QuotesController,
@@ -166,7 +168,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.ledger = ledger.Ledger(
             app.state.pool,
             batch_settings=ledger.BatchSettings(
-                batch_size_max=settings.ledger.batch_size_max, committers=settings.ledger.committers
+                batch_size_max=settings.ledger.batch_size_max,
+                committers=settings.ledger.committers,
+                observe_batch=observe_ledger_batch,
             ),
         )
         await app.state.ledger.start()
@@ -217,6 +221,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             dispatcher=None,
             stripe=None,
             key_cache=None,
+            **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits)},
         )
     )
     app = Litestar(
@@ -234,8 +239,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config(page_size_max=settings.api.page_size_max, body_refinements=body_refinements),
         logging_config=None,
     )
-    # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged too.
-    app.asgi_handler = request_logging_middleware(app.asgi_handler)
+    # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged (and
+    # answered with the same headers) too.
+    app.asgi_handler = request_logging_middleware(http_semantics(app.asgi_handler))
     return app
 
 

@@ -9,6 +9,7 @@ from ledger.cursors import (
     InvalidCursor,
     decode_cursor,
     decode_id_cursor,
+    decode_instant,
     encode_cursor,
     encode_id_cursor,
 )
@@ -49,6 +50,7 @@ from ledger.rules import (
     InvalidOperation,
     LedgerRuleError,
     NotRefundable,
+    TooManyOpenHolds,
 )
 from ledger.service import (
     PAGE_SIZE_MAX,
@@ -106,6 +108,7 @@ __all__ = [
     "Refund",
     "Result",
     "ShareItem",
+    "TooManyOpenHolds",
     "TransactionItem",
     "TransactionKind",
     "Void",
@@ -114,6 +117,7 @@ __all__ = [
     "committed_after",
     "decode_cursor",
     "decode_id_cursor",
+    "decode_instant",
     "decode_position",
     "encode_cursor",
     "encode_id_cursor",

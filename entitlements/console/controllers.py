@@ -237,7 +237,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("console_unhandled_exception", error_type=type(exc).__name__)
+    log.exception("console_unhandled_exception", bug=True, error_type=type(exc).__name__)
     return _problem_page(request, "internal_error", "something went wrong; the request id finds it in the logs")
 
 
@@ -375,7 +375,7 @@ class ConsoleController(Controller):
         settings: AppSettings,
         user_id: UserIdPath,
         done: Annotated[
-            str | None, QueryParameter(max_length=100, pattern=r"^(transaction|approval):[0-9]{1,19}$")
+            str | None, QueryParameter(max_length=100, pattern=r"^(transaction|approval):[0-9]{1,19}$(?!\n)")
         ] = None,
     ) -> Template:
         allowed = _allowed(request.app, _session(request))
@@ -616,7 +616,7 @@ async def _preview_page(request: Request[Any, Any, Any], attempt: Callable[[], A
     return render(request, "partials/preview.html", preview=preview, refusal=None)
 
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
@@ -626,7 +626,7 @@ def _window(since: str | None, until: str | None) -> tuple[datetime | None, date
         if not text:
             bounds.append(None)
             continue
-        value = f"{text}T00:00:00Z" if _DATE.match(text) else text
+        value = f"{text}T00:00:00Z" if _DATE.fullmatch(text) else text
         try:
             bounds.append(aware(msgspec.convert(value, datetime, strict=True), name))
         except msgspec.ValidationError:

@@ -14,10 +14,11 @@ def settings_for(
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
     seal_settings: SealSettings | None = None,
+    rate_limits: dict[str, Any] | None = None,
     **generation: Any,
 ) -> Settings:
-    """The environment's settings against this database, without a dispatcher unless asked; `api_settings`
-    and `console_settings` replace fields of those concerns (limits, session expiry)."""
+    """The environment's settings against this database, without a dispatcher unless asked; `api_settings`,
+    `console_settings` and `rate_limits` replace fields of those concerns (limits, session expiry)."""
     base = Settings.from_env()
     return dataclasses.replace(
         base,
@@ -26,4 +27,5 @@ def settings_for(
         api=dataclasses.replace(base.api, **(api_settings or {})),
         console=dataclasses.replace(base.console, **(console_settings or {})),
         seal=seal_settings or base.seal,
+        rate_limits=dataclasses.replace(base.rate_limits, **(rate_limits or {})),
     )

@@ -550,7 +550,10 @@ async def test_null_stays_text_for_a_text_parameter(client: AsyncTestClient[Lite
 
 
 async def test_options_lists_every_method_of_the_path(client: AsyncTestClient[Litestar], keys: dict[str, str]) -> None:
-    for path, allowed in [("/v1/keys", "GET, OPTIONS, POST"), ("/v1/users/user_1/generations", "GET, OPTIONS, POST")]:
+    for path, allowed in [
+        ("/v1/keys", "GET, HEAD, OPTIONS, POST"),
+        ("/v1/users/user_1/generations", "GET, HEAD, OPTIONS, POST"),
+    ]:
         response = await client.options(path, headers=bearer(keys["admin"]))
         assert response.status_code == 204
         assert response.headers["allow"] == allowed
