@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 import asyncpg
+import httpx
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
@@ -25,7 +26,7 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes
+from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes, webhooks
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
@@ -50,6 +51,7 @@ from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.settings import ConsoleSettings, GenerationSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
+from entitlements.webhooks.controllers import EventsController, WebhookEndpointsController
 from generation_client import WorkerClient
 from generation_client.logs import configure_logging
 
@@ -57,7 +59,7 @@ from generation_client.logs import configure_logging
 # Stripe events and their ledger transactions match).
 EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
 # Gauges each domain reads from the database when /metrics is scraped.
-METRICS_READERS = (billing.refresh_metrics,)
+METRICS_READERS = (billing.refresh_metrics, webhooks.refresh_metrics)
 CONTROLLERS = (
     HealthController,
     QuotesController,
@@ -68,6 +70,8 @@ CONTROLLERS = (
     BillingController,
     KeysController,
     ApprovalsController,
+    WebhookEndpointsController,
+    EventsController,
     ConsoleController,
 )
 # What approving an approval of each kind does: the grant's and the refund's own code (and, for a rejected
@@ -94,7 +98,12 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
             min_size=db.pool_size_min,
             max_size=db.pool_size_max,
             timeout=db.connect_timeout_s,
-            server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
+            server_settings={
+                "statement_timeout": str(db.statement_timeout_ms),
+                "application_name": "moments",
+                # Read by the trigger that fires balance.low/depleted/recovered (migrations/0011_webhooks.sql).
+                "moments.balance_low_threshold_moments": str(settings.webhooks.balance_low_threshold_moments),
+            },
             reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
@@ -251,18 +260,26 @@ def sweeper_for(
 
 
 async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
-    """The dispatcher and the sweeper run beside the API in every `moments serve` process (unless
-    DISPATCHER_ENABLED=false); they coordinate with other processes only through PostgreSQL."""
+    """The dispatcher, the sweeper and the webhook deliverer run beside the API in every `moments serve`
+    process (unless DISPATCHER_ENABLED=false, WEBHOOK_DELIVERER_ENABLED=false); they coordinate with
+    other processes only through PostgreSQL."""
     app.state.dispatcher = None
     app.state.worker_client = None
+    app.state.webhook_client = None
+    tasks: list[asyncio.Task[None]] = []
+    if settings.webhooks.deliverer_enabled:
+        # No redirects followed, no proxy from the environment: the deliverer decides where it connects.
+        app.state.webhook_client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        deliverer = webhooks.Deliverer(app.state.pool, settings.webhooks, app.state.webhook_client)
+        tasks.append(asyncio.create_task(deliverer.run(), name="webhook-deliverer"))
     generation = settings.generation
     if not generation.dispatcher_enabled:
-        return []
+        return tasks
     pool, ledger_service = app.state.pool, app.state.ledger
     sweeper = sweeper_for(
         pool, ledger_service, generation, settings.stripe, app.state.stripe, app.state.catalog, settings.console
     )
-    tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
+    tasks.append(asyncio.create_task(sweeper.run(), name="sweeper"))
     if not generation.worker_urls:
         log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
         return tasks
@@ -284,6 +301,8 @@ async def _stop_background(app: Litestar, tasks: Sequence[asyncio.Task[None]]) -
         await app.state.dispatcher.close()
     if app.state.worker_client is not None:
         await app.state.worker_client.aclose()
+    if app.state.webhook_client is not None:
+        await app.state.webhook_client.aclose()
 
 
 def create_app_from_env() -> Litestar:

@@ -73,6 +73,13 @@ RAISES: dict[str, tuple[str, ...]] = {
     "rotateKey": ("not_found", "conflict"),
     "approveApproval": ("not_found", "conflict", "not_refundable", "unavailable"),
     "rejectApproval": ("not_found", "conflict"),
+    "createWebhookEndpoint": ("conflict", "idempotency_key_reused"),
+    "getWebhookEndpoint": ("not_found",),
+    "removeWebhookEndpoint": ("not_found",),
+    "rotateWebhookSecret": ("not_found", "idempotency_key_reused"),
+    "enableWebhookEndpoint": ("not_found",),
+    "listWebhookDeliveries": ("not_found",),
+    "redeliverEvent": ("not_found",),
 }
 # What an idempotent (money-changing) operation may answer because it is idempotent and writes the ledger.
 IDEMPOTENT_CODES = ("idempotency_key_required", "idempotency_key_reused", "unavailable")

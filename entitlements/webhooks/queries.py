@@ -1,0 +1,153 @@
+"""Every SQL statement of outgoing webhooks. The events themselves are written by triggers
+(migrations/0011_webhooks.sql) in the transaction of their effect; nothing here writes one."""
+
+_ENDPOINT_COLUMNS = """
+    id, url, description, event_types, status, disabled_reason, disabled_at,
+    CASE WHEN previous_secret_expires_at > now() THEN previous_secret_expires_at END AS previous_secret_expires_at,
+    created_at
+"""
+
+COUNT_LIVE_ENDPOINTS = "SELECT count(*) FROM webhook_endpoints WHERE status <> 'removed'"
+
+INSERT_ENDPOINT = f"""
+INSERT INTO webhook_endpoints (url, description, event_types, secret, created_by)
+VALUES ($1, $2, $3::text[], $4, $5)
+RETURNING {_ENDPOINT_COLUMNS}
+"""
+
+LIST_ENDPOINTS = f"""
+SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints
+WHERE status <> 'removed' AND ($1::bigint IS NULL OR id > $1) ORDER BY id LIMIT $2
+"""
+
+ENDPOINT = f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND status <> 'removed'"
+
+# Removed endpoints keep their row (attempts name it); what they still had to send is cancelled.
+REMOVE_ENDPOINT = """
+WITH removed AS (
+    UPDATE webhook_endpoints SET status = 'removed', disabled_at = NULL, updated_at = now()
+    WHERE id = $1 AND status <> 'removed' RETURNING id
+), cancelled AS (
+    UPDATE webhook_deliveries SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE endpoint_id IN (SELECT id FROM removed) AND status = 'pending'
+)
+SELECT count(*) FROM removed
+"""
+
+ROTATE_SECRET = f"""
+UPDATE webhook_endpoints
+SET previous_secret = secret, previous_secret_expires_at = now() + $3 * interval '1 second', secret = $2,
+    updated_at = now()
+WHERE id = $1 AND status <> 'removed'
+RETURNING {_ENDPOINT_COLUMNS}
+"""
+
+# Enabling again resumes every queue where it stopped: the attempts start over.
+ENABLE_ENDPOINT = f"""
+WITH enabled AS (
+    UPDATE webhook_endpoints SET status = 'enabled', disabled_reason = NULL, disabled_at = NULL, updated_at = now()
+    WHERE id = $1 AND status <> 'removed'
+    RETURNING {_ENDPOINT_COLUMNS}
+), resumed AS (
+    UPDATE webhook_deliveries SET attempts = 0, next_attempt_at = now(), updated_at = now()
+    WHERE endpoint_id IN (SELECT id FROM enabled) AND status = 'pending'
+)
+SELECT * FROM enabled
+"""
+
+DISABLE_ENDPOINT = """
+UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = $2, disabled_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'enabled'
+"""
+
+ATTEMPTS = """
+SELECT id, event_id, attempt, status_code, latency_ms, error, delivered, attempted_at
+FROM webhook_attempts
+WHERE endpoint_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC LIMIT $3
+"""
+
+_EVENT_COLUMNS = "e.id, e.type, e.user_id, e.sequence, e.created_at, e.data::text AS data"
+
+USER_EVENTS = f"""
+SELECT {_EVENT_COLUMNS} FROM webhook_events e
+WHERE e.user_id = $1 AND e.sequence > $2 ORDER BY e.sequence LIMIT $3
+"""
+
+# Every user's events in commit order (ledger/feed.py's rule): only below this snapshot's horizon.
+EVENTS_IN_COMMIT_ORDER = f"""
+SELECT {_EVENT_COLUMNS}, e.written_by_xid::text::numeric AS xid FROM webhook_events e
+WHERE e.written_by_xid < pg_snapshot_xmin(pg_current_snapshot())
+  AND (e.written_by_xid, e.id) > ($1::text::xid8, $2::bigint)
+ORDER BY e.written_by_xid, e.id
+LIMIT $3
+"""
+
+EVENT_EXISTS = "SELECT type FROM webhook_events WHERE id = $1 AND sequence IS NOT NULL"
+
+# Queued again for every enabled endpoint subscribed to its type: a delivered one goes back to pending
+# (it is then the head of its queue, since its sequence is lower), a missing one is created.
+REDELIVER = """
+INSERT INTO webhook_deliveries (endpoint_id, event_id, user_id, sequence)
+SELECT w.id, e.id, e.user_id, e.sequence
+FROM webhook_events e JOIN webhook_endpoints w ON w.status = 'enabled' AND e.type = ANY (w.event_types)
+WHERE e.id = $1
+ORDER BY w.id
+ON CONFLICT (endpoint_id, event_id) DO UPDATE
+SET status = 'pending', attempts = 0, next_attempt_at = now(), delivered_at = NULL, updated_at = now()
+RETURNING endpoint_id
+"""
+
+# The deliverer's claim: the head of each (endpoint, user) queue, if it is due and nobody holds it, taken
+# with a lease. A queue's later deliveries wait while its head is pending, so per endpoint and user one
+# delivery is in flight at a time, in sequence order. The conditions on `d` are checked again on the
+# locked row (READ COMMITTED re-reads a row changed since the snapshot), so two claimers never both win.
+CLAIM = """
+WITH heads AS (
+    SELECT DISTINCT ON (d.endpoint_id, d.user_id) d.endpoint_id, d.event_id
+    FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.status = 'enabled'
+    WHERE d.status = 'pending'
+    ORDER BY d.endpoint_id, d.user_id, d.sequence
+), due AS (
+    SELECT d.endpoint_id, d.event_id
+    FROM webhook_deliveries d JOIN heads h USING (endpoint_id, event_id)
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', attempts = d.attempts + 1,
+    updated_at = now()
+FROM due, webhook_events e, webhook_endpoints w
+WHERE d.endpoint_id = due.endpoint_id AND d.event_id = due.event_id AND e.id = d.event_id AND w.id = d.endpoint_id
+RETURNING d.endpoint_id, d.event_id, d.event_id AS id, d.attempts, w.url, w.secret,
+          CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
+          e.type, e.user_id, e.sequence, e.created_at, e.data::text AS data
+"""
+
+# An attempt's end, only while the lease is still ours (a lapsed lease means another deliverer has it).
+RECORD_ATTEMPT = """
+WITH attempt AS (
+    INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, status_code, latency_ms, error, delivered, deliverer)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+)
+UPDATE webhook_deliveries
+SET status = CASE WHEN $7 THEN 'delivered' ELSE 'pending' END,
+    delivered_at = CASE WHEN $7 THEN now() END,
+    next_attempt_at = now() + $9 * interval '1 second',
+    last_status_code = $4, last_error = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE endpoint_id = $1 AND event_id = $2 AND lease_owner = $8 AND status = 'pending'
+"""
+
+# What /metrics shows: how far behind delivery is, and which endpoints are disabled.
+BACKLOG = """
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(e.sequenced_at)), 0)::float8 AS oldest_pending_s
+FROM webhook_deliveries d
+JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.status = 'enabled'
+JOIN webhook_events e ON e.id = d.event_id
+WHERE d.status = 'pending'
+"""
+ENDPOINTS_BY_STATUS = "SELECT status, count(*) AS n FROM webhook_endpoints WHERE status <> 'removed' GROUP BY status"
