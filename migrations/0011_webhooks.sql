@@ -164,39 +164,44 @@ END $$;
 CREATE TRIGGER webhook_ledger_events AFTER INSERT ON ledger_transactions
     REFERENCING NEW TABLE AS new_transactions FOR EACH STATEMENT EXECUTE FUNCTION webhook_ledger_events();
 
--- Balance thresholds and debt, from the balance rows a statement changed: an event only when a user's
--- level changes (available 0: depleted; below the threshold: low; at or above it: recovered), or debt
--- appears or is paid off. The threshold is the session setting moments.balance_low_threshold_moments
--- (BALANCE_LOW_THRESHOLD_MOMENTS, set on every pooled connection); 100 when a session has none. A balance
--- row's first operation (version 0 before it) sets its starting level and fires no balance event.
+-- Balance thresholds and debt: an event only when a user's level changes (available 0: depleted; below
+-- the threshold: low; at or above it: recovered), or debt appears or is paid off. A row trigger whose WHEN
+-- clause is false for nearly every update: PostgreSQL evaluates it as the row is written and queues
+-- nothing, where a statement trigger would copy every updated balance row into two transition tables.
+-- The threshold is the session setting moments.balance_low_threshold_moments (BALANCE_LOW_THRESHOLD_MOMENTS,
+-- set on every pooled connection by the service); 100 when a session has none. A balance row's first
+-- operation (version 0 before it) sets its starting level and fires no balance event.
+CREATE FUNCTION webhook_balance_threshold() RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(current_setting('moments.balance_low_threshold_moments', true), '')::bigint, 100)
+$$;
+
 CREATE FUNCTION webhook_balance_events() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    threshold bigint := coalesce(nullif(current_setting('moments.balance_low_threshold_moments', true), '')::bigint, 100);
+    threshold bigint := webhook_balance_threshold();
 BEGIN
     INSERT INTO webhook_events (user_id, type, data)
-    SELECT c.user_id, c.type, c.data
+    SELECT NEW.user_id, c.type, c.data
     FROM (
-        SELECT n.user_id, 1 AS part,
-               CASE WHEN n.available = 0 THEN 'balance.depleted'
-                    WHEN n.available < threshold THEN 'balance.low' ELSE 'balance.recovered' END AS type,
-               jsonb_build_object('available', n.available, 'held', n.held, 'owed', n.owed,
-                                  'previous_available', o.available, 'threshold', threshold) AS data
-        FROM old_balances o JOIN new_balances n USING (user_id)
-        WHERE o.version > 0
-          AND (CASE WHEN o.available = 0 THEN 0 WHEN o.available < threshold THEN 1 ELSE 2 END)
-              <> (CASE WHEN n.available = 0 THEN 0 WHEN n.available < threshold THEN 1 ELSE 2 END)
+        SELECT 1 AS part,
+               CASE WHEN NEW.available = 0 THEN 'balance.depleted'
+                    WHEN NEW.available < threshold THEN 'balance.low' ELSE 'balance.recovered' END AS type,
+               jsonb_build_object('available', NEW.available, 'held', NEW.held, 'owed', NEW.owed,
+                                  'previous_available', OLD.available, 'threshold', threshold) AS data
+        WHERE OLD.version > 0
+          AND ((OLD.available = 0) <> (NEW.available = 0) OR (OLD.available < threshold) <> (NEW.available < threshold))
         UNION ALL
-        SELECT n.user_id, 2, CASE WHEN o.owed = 0 THEN 'debt.created' ELSE 'debt.repaid' END,
-               jsonb_build_object('owed', n.owed, 'previous_owed', o.owed, 'available', n.available)
-        FROM old_balances o JOIN new_balances n USING (user_id)
-        WHERE (o.owed = 0) <> (n.owed = 0)
+        SELECT 2, CASE WHEN OLD.owed = 0 THEN 'debt.created' ELSE 'debt.repaid' END,
+               jsonb_build_object('owed', NEW.owed, 'previous_owed', OLD.owed, 'available', NEW.available)
+        WHERE (OLD.owed = 0) <> (NEW.owed = 0)
     ) c
-    ORDER BY c.user_id, c.part;
+    ORDER BY c.part;
     RETURN NULL;
 END $$;
-CREATE TRIGGER webhook_balance_events AFTER UPDATE ON ledger_balances
-    REFERENCING OLD TABLE AS old_balances NEW TABLE AS new_balances
-    FOR EACH STATEMENT EXECUTE FUNCTION webhook_balance_events();
+CREATE TRIGGER webhook_balance_events AFTER UPDATE ON ledger_balances FOR EACH ROW
+    WHEN ((OLD.owed = 0) <> (NEW.owed = 0)
+          OR (OLD.version > 0 AND ((OLD.available = 0) <> (NEW.available = 0)
+              OR (OLD.available < webhook_balance_threshold()) <> (NEW.available < webhook_balance_threshold()))))
+    EXECUTE FUNCTION webhook_balance_events();
 
 -- A generation's end: succeeded or failed (a refund is told by its ledger transaction, above).
 CREATE FUNCTION webhook_generation_events() RETURNS trigger LANGUAGE plpgsql AS $$
