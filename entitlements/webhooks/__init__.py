@@ -6,7 +6,9 @@ from entitlements.webhooks.service import (
     address_refusal,
     check_url,
     list_endpoints,
+    EndpointOverview,
     new_secret,
+    overview,
     refresh_metrics,
 )
 
@@ -15,12 +17,14 @@ __all__ = [
     "Deliverer",
     "EndpointCreated",
     "EndpointOut",
+    "EndpointOverview",
     "EventOut",
     "EventType",
     "address_refusal",
     "check_url",
     "list_endpoints",
     "new_secret",
+    "overview",
     "refresh_metrics",
     "signature_header",
 ]

@@ -151,3 +151,18 @@ JOIN webhook_events e ON e.id = d.event_id
 WHERE d.status = 'pending'
 """
 ENDPOINTS_BY_STATUS = "SELECT status, count(*) AS n FROM webhook_endpoints WHERE status <> 'removed' GROUP BY status"
+
+# The console's page: every endpoint with what it still has to send and its last attempt.
+OVERVIEW = f"""
+SELECT {_ENDPOINT_COLUMNS},
+       (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = w.id AND d.status = 'pending') AS pending,
+       a.attempted_at AS last_attempt_at, a.status_code AS last_status, a.error AS last_error, a.delivered AS last_delivered
+FROM webhook_endpoints w
+LEFT JOIN LATERAL (
+    SELECT attempted_at, status_code, error, delivered FROM webhook_attempts
+    WHERE endpoint_id = w.id ORDER BY id DESC LIMIT 1
+) a ON true
+WHERE w.status <> 'removed'
+ORDER BY w.status = 'enabled', w.id
+LIMIT $1
+"""

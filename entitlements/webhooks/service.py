@@ -338,6 +338,32 @@ async def redeliver(pool: asyncpg.Pool, public_id: str) -> RedeliverOut:
     return RedeliverOut(event_id=public_id, endpoints=[row["endpoint_id"] for row in rows])
 
 
+class EndpointOverview(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint as the console shows it: disabled ones first, with their backlog and last attempt."""
+
+    endpoint: EndpointOut
+    pending: int
+    last_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    last_delivered: bool | None
+
+
+async def overview(pool: asyncpg.Pool, *, limit: int) -> list[EndpointOverview]:
+    rows = await pool.fetch(queries.OVERVIEW, limit)
+    return [
+        EndpointOverview(
+            endpoint=_endpoint(row),
+            pending=row["pending"],
+            last_attempt_at=row["last_attempt_at"],
+            last_status=row["last_status"],
+            last_error=row["last_error"],
+            last_delivered=row["last_delivered"],
+        )
+        for row in rows
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Metrics
 

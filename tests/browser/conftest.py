@@ -102,7 +102,13 @@ def console_processes(
         log_dir=folder,
         worker_url=worker.base_url,
         video_dir=folder / "videos",
-        env={"DISPATCHER_POLL_INTERVAL_S": "0.05", "SWEEP_INTERVAL_S": "1"},
+        # Its webhook deliverer sends to the tests' receivers on loopback.
+        env={
+            "DISPATCHER_POLL_INTERVAL_S": "0.05",
+            "SWEEP_INTERVAL_S": "1",
+            "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+            "WEBHOOK_POLL_INTERVAL_S": "0.05",
+        },
         wait=False,
     )
     with running(worker, api):
