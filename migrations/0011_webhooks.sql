@@ -77,6 +77,8 @@ CREATE TABLE webhook_deliveries (
 );
 -- The queues' heads: pending deliveries by endpoint, user and sequence.
 CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (endpoint_id, user_id, sequence) WHERE status = 'pending';
+-- What the deliverers claim, in the order it comes due.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
 
 -- Every attempt, successful or not: what the receiver answered, how long it took, what went wrong.

@@ -3,10 +3,10 @@
 from entitlements.webhooks.deliverer import Deliverer, signature_header
 from entitlements.webhooks.schemas import EVENT_TYPES, EndpointCreated, EndpointOut, EventOut, EventType
 from entitlements.webhooks.service import (
+    EndpointOverview,
     address_refusal,
     check_url,
     list_endpoints,
-    EndpointOverview,
     new_secret,
     overview,
     refresh_metrics,

@@ -7,8 +7,7 @@ from typing import Annotated
 from litestar import Controller, delete, get, post
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from entitlements.http import AppSettings, CursorQuery, PageLimit, Pool, TheCaller
-from entitlements.http.params import IDEMPOTENCY_KEY_PATTERN
+from entitlements.http import IDEMPOTENCY_KEY_PATTERN, AppSettings, CursorQuery, PageLimit, Pool, TheCaller
 from entitlements.schemas import IDEMPOTENCY_KEY_CHARS_MAX, USER_ID_CHARS_MAX, USER_ID_PATTERN
 from entitlements.webhooks import service
 from entitlements.webhooks.schemas import (

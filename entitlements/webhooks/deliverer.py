@@ -152,24 +152,26 @@ class Deliverer:
     async def _record(
         self, row: asyncpg.Record, attempt: int, answer: outgoing.Answer, wait_s: float, disable: str | None
     ) -> None:
-        async with self.pool.acquire() as connection, connection.transaction():
-            updated = await connection.execute(
-                queries.RECORD_ATTEMPT,
-                row["endpoint_id"],
-                row["event_id"],
-                attempt,
-                answer.status,
-                answer.latency_ms,
-                answer.error,
-                answer.verdict == "delivered",
-                self.owner,
-                wait_s,
-            )
-            if updated == "UPDATE 0":
-                log.warning(
-                    "webhook_lease_lost", endpoint_id=row["endpoint_id"], event_id=public_event_id(row["event_id"])
-                )
-                return
-            if disable is not None:
-                await connection.execute(queries.DISABLE_ENDPOINT, row["endpoint_id"], disable)
-                log.warning("webhook_endpoint_disabled", endpoint_id=row["endpoint_id"], reason=disable)
+        # One statement (the attempt and the delivery's new state) unless the endpoint is disabled too.
+        arguments = (
+            row["endpoint_id"],
+            row["event_id"],
+            attempt,
+            answer.status,
+            answer.latency_ms,
+            answer.error,
+            answer.verdict == "delivered",
+            self.owner,
+            wait_s,
+        )
+        async with self.pool.acquire() as connection:
+            if disable is None:
+                updated = await connection.execute(queries.RECORD_ATTEMPT, *arguments)
+            else:
+                async with connection.transaction():
+                    updated = await connection.execute(queries.RECORD_ATTEMPT, *arguments)
+                    if updated != "UPDATE 0":
+                        await connection.execute(queries.DISABLE_ENDPOINT, row["endpoint_id"], disable)
+                        log.warning("webhook_endpoint_disabled", endpoint_id=row["endpoint_id"], reason=disable)
+        if updated == "UPDATE 0":
+            log.warning("webhook_lease_lost", endpoint_id=row["endpoint_id"], event_id=public_event_id(row["event_id"]))

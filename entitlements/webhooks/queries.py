@@ -98,21 +98,23 @@ SET status = 'pending', attempts = 0, next_attempt_at = now(), delivered_at = NU
 RETURNING endpoint_id
 """
 
-# The deliverer's claim: the head of each (endpoint, user) queue, if it is due and nobody holds it, taken
-# with a lease. A queue's later deliveries wait while its head is pending, so per endpoint and user one
-# delivery is in flight at a time, in sequence order. The conditions on `d` are checked again on the
-# locked row (READ COMMITTED re-reads a row changed since the snapshot), so two claimers never both win.
+# The deliverer's claim: due deliveries that head their (endpoint, user) queue (no earlier one pending)
+# and that nobody holds, taken with a lease. A queue's later deliveries wait while its head is pending, so
+# per endpoint and user one delivery is in flight at a time, in sequence order. Due ones are read in
+# next_attempt_at order and each is probed for an earlier one, so a claim reads about `limit` rows times
+# the deliveries per queue, not the whole backlog. The conditions on `d` are checked again on the locked
+# row (READ COMMITTED re-reads a row changed since the snapshot), so two claimers never both win.
 CLAIM = """
-WITH heads AS (
-    SELECT DISTINCT ON (d.endpoint_id, d.user_id) d.endpoint_id, d.event_id
-    FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.status = 'enabled'
-    WHERE d.status = 'pending'
-    ORDER BY d.endpoint_id, d.user_id, d.sequence
-), due AS (
+WITH due AS (
     SELECT d.endpoint_id, d.event_id
-    FROM webhook_deliveries d JOIN heads h USING (endpoint_id, event_id)
+    FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.status = 'enabled'
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
       AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+      AND NOT EXISTS (
+          SELECT 1 FROM webhook_deliveries earlier
+          WHERE earlier.endpoint_id = d.endpoint_id AND earlier.user_id = d.user_id
+            AND earlier.status = 'pending' AND earlier.sequence < d.sequence
+      )
     ORDER BY d.next_attempt_at
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
@@ -156,7 +158,8 @@ ENDPOINTS_BY_STATUS = "SELECT status, count(*) AS n FROM webhook_endpoints WHERE
 OVERVIEW = f"""
 SELECT {_ENDPOINT_COLUMNS},
        (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = w.id AND d.status = 'pending') AS pending,
-       a.attempted_at AS last_attempt_at, a.status_code AS last_status, a.error AS last_error, a.delivered AS last_delivered
+       a.attempted_at AS last_attempt_at, a.status_code AS last_status, a.error AS last_error,
+       a.delivered AS last_delivered
 FROM webhook_endpoints w
 LEFT JOIN LATERAL (
     SELECT attempted_at, status_code, error, delivered FROM webhook_attempts

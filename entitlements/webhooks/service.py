@@ -96,9 +96,15 @@ def address_refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, a
         return f"{address} is a link-local address"
     if address.is_multicast or address.is_unspecified:
         return f"{address} is not a unicast address"
-    private = address.is_loopback or address in _SHARED_ADDRESS_SPACE or (address.is_private and not address.is_reserved)
+    private = (
+        address.is_loopback or address in _SHARED_ADDRESS_SPACE or (address.is_private and not address.is_reserved)
+    )
     if private:
-        return None if allow_private else f"{address} is a private or loopback address (WEBHOOK_ALLOW_PRIVATE_URLS allows them)"
+        return (
+            None
+            if allow_private
+            else f"{address} is a private or loopback address (WEBHOOK_ALLOW_PRIVATE_URLS allows them)"
+        )
     if address.is_reserved or not address.is_global:
         return f"{address} is not a public unicast address"
     return None

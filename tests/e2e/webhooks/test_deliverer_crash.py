@@ -74,4 +74,5 @@ async def test_a_process_killed_mid_delivery_is_taken_over_by_another_with_the_s
     assert [(event["sequence"], event["data"]["moments"]) for event in events] == [(1, 10), (2, 20), (3, 30)]
     # The first delivery was sent twice (A's attempt, cut off, then B's), with one webhook-id.
     first_ids = [request.webhook_id for request in receiver.requests if request.event["sequence"] == 1]
-    assert len(first_ids) == 2 and len(set(first_ids)) == 1
+    assert len(first_ids) == 2
+    assert len(set(first_ids)) == 1

@@ -65,12 +65,16 @@ def make_deliverer(pool: asyncpg.Pool, http_client: httpx.AsyncClient) -> Callab
 async def register(api: Api, url: str, events: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     from entitlements.webhooks import EVENT_TYPES
 
-    response = await api.post("/v1/webhook-endpoints", "admin", {"url": url, "events": events or list(EVENT_TYPES), **extra})
+    response = await api.post(
+        "/v1/webhook-endpoints", "admin", {"url": url, "events": events or list(EVENT_TYPES), **extra}
+    )
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
 
 
 async def grant(api: Api, user: str, moments: int) -> None:
-    response = await api.post(f"/v1/users/{user}/grants", "admin", {"moments": moments, "reason": "test"}, fresh_key("g"))
+    response = await api.post(
+        f"/v1/users/{user}/grants", "admin", {"moments": moments, "reason": "test"}, fresh_key("g")
+    )
     assert response.status_code == 201, response.text

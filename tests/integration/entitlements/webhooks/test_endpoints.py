@@ -23,8 +23,13 @@ async def test_registering_shows_the_secret_once_and_the_list_never_does(api: Ap
     created = await register(api, "http://127.0.0.1:9/in", ["credit.granted"], description="billing app")
     endpoint = created["endpoint"]
     assert created["secret"].startswith("whsec_")
-    assert endpoint["url"] == "http://127.0.0.1:9/in" and endpoint["events"] == ["credit.granted"]
-    assert (endpoint["status"], endpoint["description"], endpoint["disabled_reason"]) == ("enabled", "billing app", None)
+    assert endpoint["url"] == "http://127.0.0.1:9/in"
+    assert endpoint["events"] == ["credit.granted"]
+    assert (endpoint["status"], endpoint["description"], endpoint["disabled_reason"]) == (
+        "enabled",
+        "billing app",
+        None,
+    )
     listed = await api.get(ENDPOINTS, "admin")
     assert listed.status_code == 200
     assert created["secret"] not in listed.text
@@ -39,7 +44,8 @@ async def test_an_idempotency_key_replays_the_same_endpoint_and_secret(api: Api)
     assert first.json() == again.json()
     assert len((await api.get(ENDPOINTS, "admin")).json()["items"]) == 1
     other = await api.post(ENDPOINTS, "admin", {**request, "events": ["debt.created"]}, "endpoint-1")
-    assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused"
+    assert other.status_code == 409
+    assert other.json()["code"] == "idempotency_key_reused"
 
 
 async def test_concurrent_creates_with_one_key_make_one_endpoint(api: Api) -> None:
@@ -99,7 +105,8 @@ async def test_at_most_the_endpoint_limit_and_a_removed_one_frees_its_place(data
         first = await register(api, "http://127.0.0.1:9/a")
         await register(api, "http://127.0.0.1:9/b")
         refused = await api.post(ENDPOINTS, "admin", {"url": "http://127.0.0.1:9/c", "events": ["tier.changed"]})
-        assert refused.status_code == 409 and "WEBHOOK_ENDPOINTS_MAX" in refused.json()["detail"]
+        assert refused.status_code == 409
+        assert "WEBHOOK_ENDPOINTS_MAX" in refused.json()["detail"]
         removed = await api.client.delete(f"{ENDPOINTS}/{first['endpoint']['id']}", headers=api.headers("admin"))
         assert removed.status_code == 204
         await register(api, "http://127.0.0.1:9/c")
@@ -148,7 +155,8 @@ async def test_the_event_log_pages_by_sequence_per_user_and_by_commit_order_for_
     first = (await api.get("/v1/events", "service", user_id="pa", limit=2)).json()
     assert [event["sequence"] for event in first["items"]] == [1, 2]
     rest = (await api.get("/v1/events", "service", user_id="pa", cursor=first["next_cursor"])).json()
-    assert [event["sequence"] for event in rest["items"]] == [3] and rest["next_cursor"] is None
+    assert [event["sequence"] for event in rest["items"]] == [3]
+    assert rest["next_cursor"] is None
 
     seen, cursor = [], None
     while True:
