@@ -338,7 +338,7 @@ class WebhookSettings:
             retry_jitter_ratio=_float("WEBHOOK_RETRY_JITTER_RATIO", 0.2, minimum=0.0, maximum=0.9),
             secret_grace_s=_int("WEBHOOK_SECRET_GRACE_S", 86_400, minimum=0, maximum=30 * 86_400),
             concurrency=_int("WEBHOOK_CONCURRENCY", 16, minimum=1, maximum=512),
-            poll_interval_s=_float("WEBHOOK_POLL_INTERVAL_S", 0.2, minimum=0.01, maximum=60.0),
+            poll_interval_s=_float("WEBHOOK_POLL_INTERVAL_S", 0.1, minimum=0.01, maximum=60.0),
             endpoints_max=_int("WEBHOOK_ENDPOINTS_MAX", 50, minimum=1, maximum=1000),
             balance_low_threshold_moments=_int("BALANCE_LOW_THRESHOLD_MOMENTS", 100, minimum=1, maximum=1_000_000_000),
         )

@@ -14,6 +14,7 @@ import base64
 import ipaddress
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -186,18 +187,7 @@ async def create_endpoint(
         assert row is not None
         return EndpointCreated(secret=secret, endpoint=_endpoint(row))
 
-    if key is None:
-        async with pool.acquire() as connection, connection.transaction():
-            return await create_in(connection)
-    return await idempotency.once(
-        pool,
-        caller_key_id=caller.key_id,
-        key=key,
-        operation="create_webhook_endpoint",
-        fingerprint=idempotency.request_hash("create_webhook_endpoint", body),
-        answer=EndpointCreated,
-        work=create_in,
-    )
+    return await _once_if_keyed(pool, caller, key, "create_webhook_endpoint", body, create_in)
 
 
 async def list_endpoints(pool: asyncpg.Pool, *, limit: int, cursor: str | None) -> EndpointsPage:
@@ -233,17 +223,29 @@ async def rotate_secret(
             raise NotFound(f"no webhook endpoint {endpoint_id}")
         return EndpointCreated(secret=secret, endpoint=_endpoint(row))
 
+    return await _once_if_keyed(pool, caller, key, "rotate_webhook_secret", endpoint_id, rotate_in)
+
+
+async def _once_if_keyed(
+    pool: asyncpg.Pool,
+    caller: Caller,
+    key: str | None,
+    operation: str,
+    request: object,
+    work: Callable[[ledger.Connection], Awaitable[EndpointCreated]],
+) -> EndpointCreated:
+    """`work` in one transaction; with an Idempotency-Key, once per key (a retry replays the answer)."""
     if key is None:
         async with pool.acquire() as connection, connection.transaction():
-            return await rotate_in(connection)
+            return await work(connection)
     return await idempotency.once(
         pool,
         caller_key_id=caller.key_id,
         key=key,
-        operation="rotate_webhook_secret",
-        fingerprint=idempotency.request_hash("rotate_webhook_secret", endpoint_id),
+        operation=operation,
+        fingerprint=idempotency.request_hash(operation, request),
         answer=EndpointCreated,
-        work=rotate_in,
+        work=work,
     )
 
 

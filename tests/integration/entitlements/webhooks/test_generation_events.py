@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from entitlements.webhooks import Deliverer
+from tests.integration.entitlements.generations.test_generations import dispatching
 from tests.integration.entitlements.webhooks.conftest import register
 from tests.integration.entitlements.webhooks.test_delivery import events_by_user, run_until
 from tests.support.generations import body, create_ok, fresh_key, premium_user, wait_final
-from tests.support.http import api_for
 from tests.support.processes import RunningProcess, unused_worker_url, worker_process
 from tests.support.webhooks import Receiver
 
@@ -24,16 +23,6 @@ USER = "gen-user"
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
     with worker_process(tmp_path_factory.mktemp("webhook-worker") / "videos") as running:
         yield running
-
-
-def dispatching(database_url: str, worker_url: str, video_dir: Path, **overrides: Any) -> Any:
-    return api_for(
-        database_url,
-        **(
-            {"dispatcher_enabled": True, "worker_urls": (worker_url,), "video_dir": video_dir, "poll_interval_s": 0.1}
-            | overrides
-        ),
-    )
 
 
 async def test_a_render_that_succeeds_then_is_refunded_tells_both_with_the_generation(
