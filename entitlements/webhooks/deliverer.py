@@ -53,6 +53,17 @@ def retry_after_s(settings: WebhookSettings, attempts: int, rng: random.Random) 
     return schedule[attempts - 1] * rng.uniform(1 - jitter, 1 + jitter)
 
 
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt's result and what comes next: retry after `wait_s`, and the endpoint to disable."""
+
+    endpoint_id: int
+    event_id: int
+    attempt: int
+    answer: outgoing.Answer
+    wait_s: float
+    disable: str | None
+
+
 class Deliverer:
     def __init__(
         self, pool: asyncpg.Pool, settings: WebhookSettings, client: httpx.AsyncClient, owner: str | None = None
@@ -64,9 +75,10 @@ class Deliverer:
         self._rng = random.Random()  # jitter, not security
 
     async def run(self) -> None:
-        """Claims as many deliveries as it has room for, sends them concurrently, and claims again as
-        soon as one ends (the next event of that queue may now go) or every poll interval."""
-        in_flight: set[asyncio.Task[None]] = set()
+        """Claims as many deliveries as it has room for, sends them concurrently, records the attempts that
+        ended in one statement, and claims again at once (the next event of those queues may now go), or
+        after the poll interval when nothing is in flight."""
+        in_flight: set[asyncio.Task[Outcome]] = set()
         try:
             while True:
                 room = self.settings.concurrency - len(in_flight)
@@ -77,14 +89,18 @@ class Deliverer:
                     except (asyncpg.PostgresError, OSError) as error:
                         log.warning("webhook_claim_failed", error=f"{type(error).__name__}: {error}")
                 for row in claimed:
-                    in_flight.add(asyncio.create_task(self.deliver(row)))
-                if in_flight:
-                    done, _ = await asyncio.wait(
-                        in_flight, timeout=self.settings.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    in_flight -= done
-                else:
+                    in_flight.add(asyncio.create_task(self.attempt(row)))
+                if not in_flight:
                     await asyncio.sleep(self.settings.poll_interval_s)
+                    continue
+                done, _ = await asyncio.wait(
+                    in_flight, timeout=self.settings.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                in_flight -= done
+                for task in done:
+                    if task.exception() is not None:  # a bug: its lease lapses and another attempt is made
+                        log.error("webhook_attempt_crashed", error=repr(task.exception()))
+                await self.record([task.result() for task in done if task.exception() is None])
         finally:
             for task in in_flight:
                 task.cancel()
@@ -94,7 +110,7 @@ class Deliverer:
         """Sends everything due now, one round at a time, until nothing is (tests and benchmarks)."""
         sent = 0
         while claimed := await self.claim(self.settings.concurrency):
-            await asyncio.gather(*(self.deliver(row) for row in claimed))
+            await self.record(list(await asyncio.gather(*(self.attempt(row) for row in claimed))))
             sent += len(claimed)
         return sent
 
@@ -102,6 +118,11 @@ class Deliverer:
         return await self.pool.fetch(queries.CLAIM, limit, self.owner, self.settings.lease_s)
 
     async def deliver(self, row: asyncpg.Record) -> None:
+        """One claimed delivery: sent and recorded."""
+        await self.record([await self.attempt(row)])
+
+    async def attempt(self, row: asyncpg.Record) -> Outcome:
+        """Sends a claimed delivery once and decides what comes next; `record` writes it down."""
         event = event_out(row)
         attempt = row["attempts"]
         refusal = await url_refusal(row["url"], allow_private=self.settings.allow_private_urls)
@@ -131,11 +152,50 @@ class Deliverer:
             latency_ms=answer.latency_ms,
             error=answer.error,
         )
+        return Outcome(
+            endpoint_id=row["endpoint_id"],
+            event_id=row["event_id"],
+            attempt=attempt,
+            answer=answer,
+            wait_s=wait_s or 0.0,
+            disable=disable,
+        )
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        """Every attempt and its delivery's next state in one statement, only where the lease is still this
+        deliverer's (a lapsed one means another has the delivery); then any endpoint to disable. A failure
+        here leaves the leases to lapse, and the deliveries are sent again: at-least-once."""
+        if not outcomes:
+            return
         try:
-            await self._record(row, attempt, answer, wait_s or 0.0, disable)
+            async with self.pool.acquire() as connection, connection.transaction():
+                rows = await connection.fetch(
+                    queries.RECORD_ATTEMPTS,
+                    [o.endpoint_id for o in outcomes],
+                    [o.event_id for o in outcomes],
+                    [o.attempt for o in outcomes],
+                    [o.answer.status for o in outcomes],
+                    [o.answer.latency_ms for o in outcomes],
+                    [o.answer.error for o in outcomes],
+                    [o.answer.verdict == "delivered" for o in outcomes],
+                    [o.wait_s for o in outcomes],
+                    self.owner,
+                )
+                recorded = {(row["endpoint_id"], row["event_id"]) for row in rows}
+                for outcome in outcomes:
+                    if (outcome.endpoint_id, outcome.event_id) not in recorded:
+                        log.warning(
+                            "webhook_lease_lost",
+                            endpoint_id=outcome.endpoint_id,
+                            event_id=public_event_id(outcome.event_id),
+                        )
+                    elif outcome.disable is not None:
+                        await connection.execute(queries.DISABLE_ENDPOINT, outcome.endpoint_id, outcome.disable)
+                        log.warning(
+                            "webhook_endpoint_disabled", endpoint_id=outcome.endpoint_id, reason=outcome.disable
+                        )
         except (asyncpg.PostgresError, OSError) as error:
-            # The lease lapses and another attempt is made: at-least-once.
-            log.warning("webhook_record_failed", event_id=event.id, error=f"{type(error).__name__}: {error}")
+            log.warning("webhook_record_failed", attempts=len(outcomes), error=f"{type(error).__name__}: {error}")
 
     def signed(self, event: EventOut, secrets: list[str]) -> tuple[bytes, dict[str, str]]:
         body = _encoder.encode(event)
@@ -148,30 +208,3 @@ class Deliverer:
             "webhook-signature": signature_header(secrets, event.id, now, body.decode()),
         }
         return body, headers
-
-    async def _record(
-        self, row: asyncpg.Record, attempt: int, answer: outgoing.Answer, wait_s: float, disable: str | None
-    ) -> None:
-        # One statement (the attempt and the delivery's new state) unless the endpoint is disabled too.
-        arguments = (
-            row["endpoint_id"],
-            row["event_id"],
-            attempt,
-            answer.status,
-            answer.latency_ms,
-            answer.error,
-            answer.verdict == "delivered",
-            self.owner,
-            wait_s,
-        )
-        async with self.pool.acquire() as connection:
-            if disable is None:
-                updated = await connection.execute(queries.RECORD_ATTEMPT, *arguments)
-            else:
-                async with connection.transaction():
-                    updated = await connection.execute(queries.RECORD_ATTEMPT, *arguments)
-                    if updated != "UPDATE 0":
-                        await connection.execute(queries.DISABLE_ENDPOINT, row["endpoint_id"], disable)
-                        log.warning("webhook_endpoint_disabled", endpoint_id=row["endpoint_id"], reason=disable)
-        if updated == "UPDATE 0":
-            log.warning("webhook_lease_lost", endpoint_id=row["endpoint_id"], event_id=public_event_id(row["event_id"]))

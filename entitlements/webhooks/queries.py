@@ -129,18 +129,26 @@ RETURNING d.endpoint_id, d.event_id, d.event_id AS id, d.attempts, w.url, w.secr
           e.type, e.user_id, e.sequence, e.created_at, e.data::text AS data
 """
 
-# An attempt's end, only while the lease is still ours (a lapsed lease means another deliverer has it).
-RECORD_ATTEMPT = """
-WITH attempt AS (
+# Attempts' ends, many in one statement: every attempt is kept; a delivery changes only while the lease is
+# still the recorder's (a lapsed lease means another deliverer has it). Answers the deliveries changed.
+RECORD_ATTEMPTS = """
+WITH ended AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::text[], $7::bool[],
+                         $8::float8[])
+        AS ended (endpoint_id, event_id, attempt, status_code, latency_ms, error, delivered, wait_s)
+), attempts AS (
     INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, status_code, latency_ms, error, delivered, deliverer)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    SELECT endpoint_id, event_id, attempt, status_code, latency_ms, error, delivered, $9 FROM ended
 )
-UPDATE webhook_deliveries
-SET status = CASE WHEN $7 THEN 'delivered' ELSE 'pending' END,
-    delivered_at = CASE WHEN $7 THEN now() END,
-    next_attempt_at = now() + $9 * interval '1 second',
-    last_status_code = $4, last_error = $6, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE endpoint_id = $1 AND event_id = $2 AND lease_owner = $8 AND status = 'pending'
+UPDATE webhook_deliveries d
+SET status = CASE WHEN ended.delivered THEN 'delivered' ELSE 'pending' END,
+    delivered_at = CASE WHEN ended.delivered THEN now() END,
+    next_attempt_at = now() + ended.wait_s * interval '1 second',
+    last_status_code = ended.status_code, last_error = ended.error,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+FROM ended
+WHERE d.endpoint_id = ended.endpoint_id AND d.event_id = ended.event_id AND d.lease_owner = $9 AND d.status = 'pending'
+RETURNING d.endpoint_id, d.event_id
 """
 
 # What /metrics shows: how far behind delivery is, and which endpoints are disabled.
