@@ -138,7 +138,7 @@ async def url_refusal(url: str, *, allow_private: bool) -> str | None:
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT_S):
                 found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, UnicodeError) as error:  # UnicodeError: a name IDNA cannot encode
             return f"{host} does not resolve ({type(error).__name__})"
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
     for address in addresses:

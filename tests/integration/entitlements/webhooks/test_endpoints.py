@@ -66,6 +66,9 @@ async def test_concurrent_creates_with_one_key_make_one_endpoint(api: Api) -> No
         ("http://[fe80::1]/", "link-local"),
         ("http://0.0.0.0/", "unicast"),
         ("http://user:pw@127.0.0.1/", "credentials"),
+        ("http://" + "a" * 300 + ".example/", "does not resolve"),
+        ("http://\u2603\u2603.invalid/", "does not resolve"),
+        ("http://[::1/", "not a valid URL"),
     ],
 )
 async def test_refused_addresses_are_422_naming_the_url(api: Api, url: str, reason: str) -> None:
