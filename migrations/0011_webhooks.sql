@@ -158,7 +158,7 @@ BEGIN
     CROSS JOIN LATERAL (
         SELECT -sum(p.amount) AS moments FROM ledger_postings p WHERE p.transaction_id = n.id AND p.amount < 0
     ) amount
-    WHERE n.kind IN ('purchase', 'subscription_grant', 'grant')
+    WHERE n.kind IN ('purchase', 'subscription_grant', 'grant', 'clawback_reversal')
        OR (n.kind = 'refund' AND n.reference LIKE 'generation:%')
     ORDER BY n.id;
     RETURN NULL;

@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from entitlements.webhooks import Deliverer
 from tests.integration.entitlements.webhooks.conftest import grant, register
 from tests.support.generations import set_tier, stripe_clawback
-from tests.support.http import Api
+from tests.support.http import Api, api_for
 from tests.support.webhooks import Receiver, Request, receiving, spec_verify, verify_both_ways
 
 RETRY_WAIT_S = 0.3
@@ -348,3 +348,19 @@ async def test_a_lease_that_lapsed_lets_another_deliverer_send_the_same_webhook_
     status = await pool.fetchval("SELECT status FROM webhook_deliveries")
     assert status == "delivered"
     assert {r.webhook_id for r in receiver.requests} == {f"evt_{claimed['event_id']}"}
+
+
+async def test_the_threshold_setting_reaches_the_trigger(
+    database_url: str, receiver: Receiver, make_deliverer: Callable[..., Deliverer]
+) -> None:
+    """BALANCE_LOW_THRESHOLD_MOMENTS goes to PostgreSQL with every pooled connection of the service."""
+    async with api_for(database_url, webhook_settings={"balance_low_threshold_moments": 500}) as api:
+        created = await register(api, receiver.url, ["balance.recovered", "balance.low"])
+        await grant(api, "thr", 100)  # the first operation: no balance event
+        await grant(api, "thr", 300)  # 400: still below 500, no event
+        await grant(api, "thr", 150)  # 550: recovered
+        await run_until(make_deliverer(), lambda: len(receiver.accepted) == 1)
+        (recovered,) = events_by_user(receiver.accepted, created["secret"])["thr"]
+        assert recovered["type"] == "balance.recovered"
+        assert recovered["data"]["threshold"] == 500
+        assert recovered["data"]["available"] == 550

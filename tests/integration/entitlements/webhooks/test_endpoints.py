@@ -239,3 +239,16 @@ async def test_many_concurrent_writers_leave_every_users_sequence_without_gaps(a
     rows = await pool.fetch("SELECT user_id, array_agg(sequence ORDER BY sequence) AS s FROM webhook_events GROUP BY 1")
     assert {row["user_id"]: list(row["s"]) for row in rows} == {user: [1, 2, 3, 4, 5, 6] for user in users}
     assert set(EVENT_TYPES) >= {row["type"] for row in await pool.fetch("SELECT DISTINCT type FROM webhook_events")}
+
+
+@pytest.mark.parametrize("kind", ["purchase", "subscription_grant", "grant", "clawback_reversal"])
+async def test_every_kind_of_credit_is_a_credit_granted_event(api: Api, pool: asyncpg.Pool, kind: str) -> None:
+    async with pool.acquire() as connection, connection.transaction():
+        (outcome,) = await ledger.Ledger(pool).execute_in(
+            connection,
+            [ledger.Credit(key=f"credit-{kind}", user_id="cred", actor="test", amount=7, kind=kind, category="paid")],
+        )
+    assert isinstance(outcome, ledger.Result), outcome
+    (event,) = (await api.get("/v1/events", "service", user_id="cred")).json()["items"]
+    assert event["type"] == "credit.granted"
+    assert (event["data"]["kind"], event["data"]["moments"]) == (kind, 7)
