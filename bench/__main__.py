@@ -1,6 +1,6 @@
-"""`python -m bench`: every benchmark, one after another (the ledger's, the seal's, HTTP's, then prompt
-advice's); each takes the options it knows (`--repeat`, `--duration-s`, `--fast`, ...) and leaves the
-others' alone."""
+"""`python -m bench`: every benchmark, one after another (the ledger's, the seal's, HTTP's, prompt
+advice's, then outgoing webhooks'); each takes the options it knows (`--repeat`, `--duration-s`, `--fast`,
+...) and leaves the others' alone."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ from bench.advice.run import main as advice_main
 from bench.http.run import main as http_main
 from bench.ledger.run import main as ledger_main
 from bench.seal.run import main as seal_main
+from bench.webhooks.run import main as webhooks_main
 
-BENCHMARKS = {"ledger": ledger_main, "seal": seal_main, "http": http_main, "advice": advice_main}
+BENCHMARKS = {
+    "ledger": ledger_main,
+    "seal": seal_main,
+    "http": http_main,
+    "advice": advice_main,
+    "webhooks": webhooks_main,
+}
 
 
 def main(argv: list[str]) -> int:

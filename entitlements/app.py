@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 import asyncpg
+import httpx
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
@@ -25,7 +26,19 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, generations, keys, limits, prompts, quotes, seal
+from entitlements import (
+    accounts,
+    approvals,
+    billing,
+    console,
+    generations,
+    keys,
+    limits,
+    prompts,
+    quotes,
+    seal,
+    webhooks,
+)
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
@@ -53,6 +66,7 @@ from entitlements.quotes.controllers import QuotesController
 from entitlements.seal.controllers import SealController
 from entitlements.settings import ConsoleSettings, GenerationSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
+from entitlements.webhooks.controllers import EventsController, WebhookEndpointsController
 from generation_client import WorkerClient
 from generation_client.logs import configure_logging
 
@@ -60,7 +74,7 @@ from generation_client.logs import configure_logging
 # Stripe events and their ledger transactions match).
 EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
 # Gauges each domain reads from the database when /metrics is scraped.
-METRICS_READERS = (billing.refresh_metrics, generations.refresh_metrics)
+METRICS_READERS = (billing.refresh_metrics, generations.refresh_metrics, webhooks.refresh_metrics)
 CONTROLLERS = (
     HealthController,
     QuotesController,
@@ -72,6 +86,8 @@ CONTROLLERS = (
     KeysController,
     ApprovalsController,
     SealController,
+    WebhookEndpointsController,
+    EventsController,
     ConsoleController,
 )
 # What approving an approval of each kind does: the grant's and the refund's own code (and, for a rejected
@@ -98,7 +114,12 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
             min_size=db.pool_size_min,
             max_size=db.pool_size_max,
             timeout=db.connect_timeout_s,
-            server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
+            server_settings={
+                "statement_timeout": str(db.statement_timeout_ms),
+                "application_name": "moments",
+                # Read by the trigger that fires balance.low/depleted/recovered (migrations/0011_webhooks.sql).
+                "moments.balance_low_threshold_moments": str(settings.webhooks.balance_low_threshold_moments),
+            },
             reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
@@ -277,12 +298,19 @@ def _sealer_task(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
 
 
 async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
-    """The sealer, the dispatcher and the sweeper run beside the API in every `moments serve` process
-    (the latter two unless DISPATCHER_ENABLED=false; the sealer unless SEAL_ENABLED=false or it has no
-    key); they coordinate with other processes only through PostgreSQL."""
+    """The sealer, the webhook deliverer, the dispatcher and the sweeper run beside the API in every
+    `moments serve` process (the sealer unless SEAL_ENABLED=false or it has no key; the deliverer unless
+    WEBHOOK_DELIVERER_ENABLED=false; the last two unless DISPATCHER_ENABLED=false); they coordinate with
+    other processes only through PostgreSQL."""
     app.state.dispatcher = None
     app.state.worker_client = None
+    app.state.webhook_client = None
     tasks = _sealer_task(app, settings)
+    if settings.webhooks.deliverer_enabled:
+        # No redirects followed, no proxy from the environment: the deliverer decides where it connects.
+        app.state.webhook_client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        deliverer = webhooks.Deliverer(app.state.pool, settings.webhooks, app.state.webhook_client)
+        tasks.append(asyncio.create_task(deliverer.run(), name="webhook-deliverer"))
     generation = settings.generation
     if not generation.dispatcher_enabled:
         return tasks
@@ -312,6 +340,8 @@ async def _stop_background(app: Litestar, tasks: Sequence[asyncio.Task[None]]) -
         await app.state.dispatcher.close()
     if app.state.worker_client is not None:
         await app.state.worker_client.aclose()
+    if app.state.webhook_client is not None:
+        await app.state.webhook_client.aclose()
 
 
 def create_app_from_env() -> Litestar:

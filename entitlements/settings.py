@@ -319,6 +319,76 @@ class ConsoleSettings:
         )
 
 
+# The retry schedule of a webhook delivery after each failed attempt: seconds, minutes, hours, about a day
+# in all (20.6 hours from the first attempt to the last).
+WEBHOOK_RETRY_SCHEDULE_S_DEFAULT = (5.0, 30.0, 300.0, 1800.0, 7200.0, 21600.0, 43200.0)
+
+
+def _floats(
+    name: str, default: tuple[float, ...], *, minimum: float, maximum: float, length_max: int
+) -> tuple[float, ...]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        values = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise SettingsError(f"{name} must be comma-separated numbers, got {raw!r}") from None
+    if not 1 <= len(values) <= length_max or not all(minimum <= value <= maximum for value in values):
+        raise SettingsError(f"{name} must be 1-{length_max} numbers, each between {minimum} and {maximum}")
+    return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookSettings:
+    # The deliverer runs in every `moments serve` process unless this is false.
+    deliverer_enabled: bool
+    # Receivers on private and loopback addresses (a company network, tests); link-local and cloud
+    # metadata addresses are refused whatever this says.
+    allow_private_urls: bool
+    # One attempt: connecting, sending and reading the answer's status.
+    timeout_s: float
+    # A claimed delivery is the claimer's for this long; past it (a dead process) another takes it.
+    lease_s: int
+    retry_schedule_s: tuple[float, ...]
+    # Each wait is the schedule's, times a random factor within 1 +- this.
+    retry_jitter_ratio: float
+    # How long the previous secret still signs after a rotation.
+    secret_grace_s: int
+    # Deliveries in flight at once, per process.
+    concurrency: int
+    poll_interval_s: float
+    endpoints_max: int
+    # A user's `balance.low` threshold: available below it is low (0 is depleted).
+    balance_low_threshold_moments: int
+
+    def __post_init__(self) -> None:
+        if self.lease_s <= self.timeout_s:
+            raise SettingsError("WEBHOOK_LEASE_S must exceed WEBHOOK_TIMEOUT_S")
+
+    @classmethod
+    def from_env(cls) -> WebhookSettings:
+        return cls(
+            deliverer_enabled=_bool("WEBHOOK_DELIVERER_ENABLED", True),
+            allow_private_urls=_bool("WEBHOOK_ALLOW_PRIVATE_URLS", False),
+            timeout_s=_float("WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1, maximum=120.0),
+            lease_s=_int("WEBHOOK_LEASE_S", 60, minimum=1, maximum=3600),
+            retry_schedule_s=_floats(
+                "WEBHOOK_RETRY_SCHEDULE_S",
+                WEBHOOK_RETRY_SCHEDULE_S_DEFAULT,
+                minimum=0.0,
+                maximum=86_400.0,
+                length_max=30,
+            ),
+            retry_jitter_ratio=_float("WEBHOOK_RETRY_JITTER_RATIO", 0.2, minimum=0.0, maximum=0.9),
+            secret_grace_s=_int("WEBHOOK_SECRET_GRACE_S", 86_400, minimum=0, maximum=30 * 86_400),
+            concurrency=_int("WEBHOOK_CONCURRENCY", 16, minimum=1, maximum=512),
+            poll_interval_s=_float("WEBHOOK_POLL_INTERVAL_S", 0.1, minimum=0.01, maximum=60.0),
+            endpoints_max=_int("WEBHOOK_ENDPOINTS_MAX", 50, minimum=1, maximum=1000),
+            balance_low_threshold_moments=_int("BALANCE_LOW_THRESHOLD_MOMENTS", 100, minimum=1, maximum=1_000_000_000),
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class SealSettings:
     """The ledger's seal (docs/seal.md). The signing key lives outside the database: a file, or the PEM
@@ -376,6 +446,7 @@ class Settings:
     console: ConsoleSettings
     seal: SealSettings
     rate_limits: RateLimitSettings
+    webhooks: WebhookSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -388,4 +459,5 @@ class Settings:
             console=ConsoleSettings.from_env(),
             seal=SealSettings.from_env(),
             rate_limits=RateLimitSettings.from_env(),
+            webhooks=WebhookSettings.from_env(),
         )

@@ -32,7 +32,7 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 import ledger
-from entitlements import accounts, approvals, billing, console, generations, seal
+from entitlements import accounts, approvals, billing, console, generations, seal, webhooks
 from entitlements.approvals import APPROVAL_ID_MAX, ApprovalDecision, ApprovalEffect
 from entitlements.console import ConsoleSession
 from entitlements.errors import DomainError, SessionRequired, ValidationFailed
@@ -561,6 +561,14 @@ class ConsoleController(Controller):
         decision = _struct(ApprovalDecision, {"reason": fields.get("reason", "")})
         approval = await approvals.reject(pool, _session(request).caller, approval_id, decision, approval_effects)
         return _go(request, f"/console/users/{_path_segment(approval.user_id)}?done=approval:{approval.id}")
+
+    # Webhooks ----------------------------------------------------------------------------------------
+
+    @get("/webhooks", opt={"mirrors": ("listWebhookEndpoints",)})
+    async def webhooks_page(self, request: Request[Any, Any, Any], read_pool: Pool, settings: AppSettings) -> Template:
+        # Every endpoint on one page: there are at most WEBHOOK_ENDPOINTS_MAX.
+        endpoints = await webhooks.overview(read_pool, limit=settings.webhooks.endpoints_max)
+        return render(request, "webhooks.html", endpoints=endpoints)
 
     # Finance -----------------------------------------------------------------------------------------
 

@@ -142,6 +142,8 @@ def run_dev(*, api_port: int, worker_port: int, serve: Callable[[str, int, int],
         asyncio.run(migrations.apply(url))
         admin_key = asyncio.run(ensure_dev_key(url))
         seal_key = ensure_dev_seal_key()
+        # A developer's webhook receiver runs on this machine: loopback receivers are allowed here.
+        os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE_URLS", "true")
         if not os.environ.get("GENERATION_WORKER_URL"):
             worker_url = f"http://127.0.0.1:{pick_port(worker_port)}"
             worker = subprocess.Popen(  # noqa: S603 - our own command

@@ -1,6 +1,7 @@
 """The HTTP layer: the only code that knows status codes. Problem+json, auth, strict bodies, shared
 parameters, request logs and metrics, health."""
 
+from entitlements.http import outgoing
 from entitlements.http.auth import (
     OPENAPI_PATH_PREFIX,
     SESSION_COOKIE,
@@ -25,6 +26,7 @@ from entitlements.http.deps import (
     TimeWindow,
 )
 from entitlements.http.params import (
+    IDEMPOTENCY_KEY_PATTERN,
     CursorQuery,
     UserIdPath,
     Window,
@@ -38,6 +40,7 @@ from entitlements.http.responses import answer_response
 
 __all__ = [
     "EXCEPTION_HANDLERS",
+    "IDEMPOTENCY_KEY_PATTERN",
     "OPENAPI_PATH_PREFIX",
     "PROBLEM_MEDIA_TYPE",
     "SESSION_COOKIE",
@@ -63,6 +66,7 @@ __all__ = [
     "may",
     "mirrored_roles",
     "operation_roles",
+    "outgoing",
     "provide_caller",
     "provide_idempotency_key",
     "provide_limit",

@@ -76,6 +76,13 @@ RAISES: dict[str, tuple[str, ...]] = {
     # not_sealed: not yet in a signed checkpoint; conflict: the ledger no longer matches what was sealed.
     "getTransactionProof": ("not_found", "not_sealed", "conflict"),
     "verifySeal": ("not_found",),
+    "createWebhookEndpoint": ("conflict", "idempotency_key_reused"),
+    "getWebhookEndpoint": ("not_found",),
+    "removeWebhookEndpoint": ("not_found",),
+    "rotateWebhookSecret": ("not_found", "idempotency_key_reused"),
+    "enableWebhookEndpoint": ("not_found",),
+    "listWebhookDeliveries": ("not_found",),
+    "redeliverEvent": ("not_found",),
 }
 # What a 429 rate_limited carries (draft-ietf-httpapi-ratelimit-headers; every response of a limited class
 # carries the two RateLimit fields).

@@ -112,6 +112,9 @@ def console_processes(
             "SEAL_CHECKPOINT_TRANSACTIONS": "5",
             "SEAL_CHECKPOINT_INTERVAL_S": "0.2",
             "SEAL_POLL_INTERVAL_S": "0.05",
+            # Its webhook deliverer sends to the tests' receivers on loopback.
+            "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+            "WEBHOOK_POLL_INTERVAL_S": "0.05",
         },
         wait=False,
     )

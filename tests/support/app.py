@@ -15,6 +15,7 @@ def settings_for(
     console_settings: dict[str, Any] | None = None,
     seal_settings: SealSettings | None = None,
     rate_limits: dict[str, Any] | None = None,
+    webhook_settings: dict[str, Any] | None = None,
     **generation: Any,
 ) -> Settings:
     """The environment's settings against this database, without a dispatcher unless asked; `api_settings`,
@@ -28,4 +29,8 @@ def settings_for(
         console=dataclasses.replace(base.console, **(console_settings or {})),
         seal=seal_settings or base.seal,
         rate_limits=dataclasses.replace(base.rate_limits, **(rate_limits or {})),
+        # No deliverer unless asked (the webhook tests start their own), receivers on loopback allowed.
+        webhooks=dataclasses.replace(
+            base.webhooks, **({"deliverer_enabled": False, "allow_private_urls": True} | (webhook_settings or {}))
+        ),
     )

@@ -62,6 +62,8 @@ _SETTING_PREFIXES = (
     "CONSOLE_",
     "APPROVAL_",
     "SUPPORT_GRANT_",
+    "WEBHOOK_",
+    "BALANCE_LOW_",
 )
 
 

@@ -67,6 +67,11 @@ EXAMPLE_BODIES: dict[str, dict[str, Any]] = {
     "createKey": {"role": "service", "name": "probe"},
     "approveApproval": {"reason": "probe"},
     "rejectApproval": {"reason": "probe"},
+    "createWebhookEndpoint": {
+        "url": "http://127.0.0.1:9/hook",
+        "events": ["generation.succeeded"],
+        "description": "probe",
+    },
 }
 
 
