@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -31,6 +31,7 @@ from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
 from entitlements.console.controllers import TEMPLATES_DIR, ConsoleController, console_static_router
 from entitlements.console.pages import environment
+from entitlements.database import bounded_pool
 from entitlements.generations.controllers import GenerationsController
 from entitlements.http import (
     EXCEPTION_HANDLERS,
@@ -89,18 +90,18 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
         raise DatabaseUnreachable("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL for you)")
     db = settings.database
     try:
-        pool = await asyncpg.create_pool(
+        return await bounded_pool(
             url,
             min_size=db.pool_size_min,
             max_size=db.pool_size_max,
-            timeout=db.connect_timeout_s,
+            connect_timeout_s=db.connect_timeout_s,
+            acquire_timeout_s=db.acquire_timeout_s,
+            command_timeout_s=db.command_timeout_s,
             server_settings={"statement_timeout": str(db.statement_timeout_ms), "application_name": "moments"},
             reset=_keep_session,
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise DatabaseUnreachable(f"the database does not answer ({type(error).__name__}: {error})") from None
-    assert pool is not None
-    return pool
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
@@ -118,6 +119,20 @@ def _state_value(state: State, name: str) -> Provide:
     return Provide(provide, sync_to_thread=False)
 
 
+def _process_metrics(
+    admission: generations.Admission, store: generations.VideoStore
+) -> tuple[Callable[[asyncpg.Pool], Awaitable[None]], ...]:
+    """The queue's and the holds' gauges, read again when /metrics is scraped; the video store's, probed."""
+
+    async def queue(_: asyncpg.Pool) -> None:
+        await admission.read()
+
+    async def video_store(_: asyncpg.Pool) -> None:
+        await store.unusable_because()
+
+    return (queue, video_store) if store.required else (queue,)
+
+
 def dependencies_for(state: State) -> dict[str, Provide]:
     """What handlers are given by name: the process's pieces (from `state`, filled in by the lifespan) and
     the request's own (caller, Idempotency-Key, page limit, time window)."""
@@ -133,6 +148,8 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "catalog": _state_value(state, "catalog"),
         "settings": _state_value(state, "settings"),
         "dispatcher": _state_value(state, "dispatcher"),
+        "admission": _state_value(state, "admission"),
+        "video_store": _state_value(state, "video_store"),
         "stripe_gateway": _state_value(state, "stripe"),
         "audit_checks": _state_value(state, "extra_audit_checks"),
         "metrics_readers": _state_value(state, "metrics_readers"),
@@ -172,6 +189,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         assert settings.database.url is not None, "create_pool refused to start without it"
         app.state.key_cache.start(settings.database.url)
+        app.state.admission = generations.Admission(app.state.pool, settings.generation)
+        app.state.video_store = generations.VideoStore(
+            settings.generation.video_dir,
+            required=settings.generation.dispatcher_enabled and bool(settings.generation.worker_urls),
+        )
+        app.state.metrics_readers = (*METRICS_READERS, *_process_metrics(app.state.admission, app.state.video_store))
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
         background = await _start_background(app, settings)
@@ -206,6 +229,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             approval_effects=APPROVAL_EFFECTS,
             metrics_readers=METRICS_READERS,
             dispatcher=None,
+            admission=None,
+            video_store=None,
             stripe=None,
             key_cache=None,
         )
@@ -269,7 +294,10 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
     client = WorkerClient(generation.worker_urls, request_timeout_s=generation.worker_request_timeout_s)
     await client.__aenter__()
     app.state.worker_client = client
-    app.state.dispatcher = generations.Dispatcher(pool, ledger_service, generation, client)
+    sweeper.cancels_through(client)
+    app.state.dispatcher = generations.Dispatcher(
+        pool, ledger_service, generation, client, admission=app.state.admission, store=app.state.video_store
+    )
     tasks.append(asyncio.create_task(app.state.dispatcher.run(), name="dispatcher"))
     return tasks
 

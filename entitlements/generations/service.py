@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import structlog
+from prometheus_client import Counter
 
 import ledger
 import pricing
@@ -22,6 +23,7 @@ from entitlements import approvals, idempotency, prompts, quotes
 from entitlements.approvals import ApprovalOut
 from entitlements.errors import NotFound, NotRefundable, Unavailable, VideoUnavailable
 from entitlements.generations import batch, queries
+from entitlements.generations.admission import Admission
 from entitlements.generations.schemas import (
     GenerationCreate,
     GenerationOut,
@@ -43,6 +45,26 @@ ERROR_CHARS_MAX = 1000
 VOID_REASON_CHARS_MAX = 500
 WITH_VIDEO = frozenset({"succeeded", "refunded"})
 OPEN_HOLDS_MAX = 200
+# Why generations failed, as the metric's label: the prefix of the recorded reason (a bounded set).
+FAILURE_REASONS = frozenset(
+    {
+        "worker_failed",
+        "worker_rejected",
+        "worker_unavailable",
+        "render_timeout",
+        "hold_expired",
+        "hold_expiring",
+        "video_store_failed",
+    }
+)
+SETTLED = Counter(
+    "moments_generations_settled", "Generations settled by this process, by outcome and reason", ["outcome", "reason"]
+)
+
+
+def failure_reason(error: str) -> str:
+    reason = error.partition(":")[0]
+    return reason if reason in FAILURE_REASONS else "other"
 
 
 def held(row: asyncpg.Record) -> int:
@@ -145,10 +167,14 @@ async def create(
     body: GenerationCreate,
     key: str,
     hold_ttl_s: int,
+    admission: Admission | None = None,
 ) -> GenerationOut:
     quote = quotes.quote(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
+    if admission is not None:
+        # Before anything is held: a refused request leaves no trace (the same key may be sent again).
+        await admission.admit(caller.key_id, key)
     fingerprint = idempotency.request_hash(batch.OPERATION, user_id, body)
     # Never a gate, and never stored: worked out beside the request, added to the answer after it.
     advice = prompts.advice_items(body.prompt, duration_s=quote.duration_s, audio=quote.audio)
@@ -244,6 +270,7 @@ async def settle_success(
     )
     settled = await _settle(ledger_service, settlement)
     if settled:
+        SETTLED.labels("succeeded", "").inc()
         log.info("generation_succeeded", generation_id=str(generation_id))
     return settled
 
@@ -274,6 +301,7 @@ async def settle_failure(
     )
     settled = await _settle(ledger_service, settlement)
     if settled:
+        SETTLED.labels("failed", failure_reason(error)).inc()
         log.info("generation_failed", generation_id=str(generation_id), error=error[:200])
     return settled
 

@@ -146,7 +146,8 @@ def problem_codes(operation_id: str, handler: HTTPRouteHandler, operation: Mappi
     """Every problem code an operation may answer, derived from its route and `RAISES`."""
     codes: list[str] = []
     if not handler.opt.get("public"):
-        codes += ["unauthorized", "forbidden"]
+        # Every key is read from the database: a database that does not answer is 503 on any of them.
+        codes += ["unauthorized", "forbidden", "unavailable"]
     if operation.get("parameters") or operation.get("requestBody"):
         codes.append("validation_failed")
     if operation.get("requestBody") and operation_id not in RAW_BODIES:
@@ -171,6 +172,14 @@ def _problem_response(status: int, codes: list[str]) -> dict[str, Any]:
     if status == 401:
         response["headers"] = {
             "WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}, "required": True},
+        }
+    if status == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "required": True,
+                "description": "Seconds to wait before sending the same request again.",
+            },
         }
     return response
 
