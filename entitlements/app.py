@@ -78,6 +78,8 @@ APPROVAL_EFFECTS: dict[str, approvals.ApprovalEffect] = {
     "refund": approvals.ApprovalEffect(execute=generations.refund_approved),
 }
 log = structlog.get_logger("moments.app")
+# Of SHUTDOWN_TIMEOUT_S, what the app's own shutdown may take: the server kills the process at the whole.
+LIFESPAN_SHUTDOWN_SHARE = 0.5
 
 
 class DatabaseUnreachable(RuntimeError):
@@ -201,14 +203,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
-            await _stop_background(app, background)
-            if app.state.stripe is not None:
-                await app.state.stripe.aclose()
-            await app.state.key_cache.close()
-            await app.state.ledger.close()
-            if app.state.read_pool is not app.state.pool:
-                await app.state.read_pool.close()
-            await app.state.pool.close()
+            await _shut_down(app, background, settings.process.shutdown_timeout_s * LIFESPAN_SHUTDOWN_SHARE)
 
     # The document is the whole contract: request bodies whose rules are data (the price grid, the catalog)
     # are described from that data, so what the document calls valid is what the service accepts.
@@ -312,6 +307,32 @@ async def _stop_background(app: Litestar, tasks: Sequence[asyncio.Task[None]]) -
         await app.state.dispatcher.close()
     if app.state.worker_client is not None:
         await app.state.worker_client.aclose()
+
+
+async def _shut_down(app: Litestar, background: Sequence[asyncio.Task[None]], timeout_s: float) -> None:
+    """Every step bounded, so that a database or worker that does not answer never holds the process past
+    SHUTDOWN_TIMEOUT_S: the dispatcher hands its jobs back, the committers answer what they hold, the
+    pools close (or are terminated)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+
+    async def step(name: str, work: Awaitable[object]) -> bool:
+        left_s = max(deadline - asyncio.get_running_loop().time(), 0.05)
+        try:
+            await asyncio.wait_for(work, left_s)
+        except Exception as error:  # shutting down: say what did not stop cleanly, and go on
+            log.warning("shutdown_step_failed", step=name, error=repr(error)[:200])
+            return False
+        return True
+
+    await step("background", _stop_background(app, background))
+    if app.state.stripe is not None:
+        await step("stripe", app.state.stripe.aclose())
+    await step("key_cache", app.state.key_cache.close())
+    await step("ledger", app.state.ledger.close())
+    pools = [app.state.pool] if app.state.read_pool is app.state.pool else [app.state.read_pool, app.state.pool]
+    for pool in pools:
+        if not await step("pool", pool.close()):
+            pool.terminate()
 
 
 def create_app_from_env() -> Litestar:
