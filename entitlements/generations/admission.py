@@ -62,7 +62,8 @@ def render_estimate_s(stats: QueueStats, settings: GenerationSettings) -> float:
 def refusal(stats: QueueStats, settings: GenerationSettings, *, admitted_since_read: int = 0) -> int | None:
     """None to admit a new generation; else the seconds to put in Retry-After. Pure."""
     depth = stats.depth + admitted_since_read
-    if depth < settings.admission_queue_depth_min:
+    # An empty queue is never refused, whatever the floor: the first job is how throughput is measured.
+    if depth < max(settings.admission_queue_depth_min, 1):
         return None
     throughput_per_s = stats.finished / settings.admission_window_s
     if depth >= settings.admission_queue_depth_max:

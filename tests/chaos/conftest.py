@@ -3,7 +3,7 @@ steady load of generations. It has a PostgreSQL of its own, since it kills and f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,9 @@ def chaos_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosData
 
 
 @pytest.fixture(scope="session")
-async def chaos_db(chaos_server: ChaosDatabase) -> AsyncIterator[ChaosDatabase]:
+async def chaos_db(chaos_server: ChaosDatabase) -> ChaosDatabase:
     await chaos_server.create_template()
-    yield chaos_server
+    return chaos_server
 
 
 @pytest.fixture

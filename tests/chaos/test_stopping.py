@@ -28,6 +28,7 @@ SHUTDOWN_TIMEOUT_S = 4.0
 EXIT_S_MAX = SHUTDOWN_TIMEOUT_S + 1.0
 MOMENT_S_MAX = 60.0
 POLL_S = 0.02
+DEV_COMMAND = (sys.executable, "-m", "entitlements.cli", "dev")
 REQUEST = {"image_id": "img-stop", "prompt": "a slow wave", "mode": "advanced", "resolution": "480p", "duration_s": 4}
 
 
@@ -46,9 +47,8 @@ class Dev:
         self.log = folder / "dev.log"
         environment = clean_environment({"SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S), "LOG_FORMAT": "json"})
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - our own command
-                [sys.executable, "-m", "entitlements.cli", "dev", "--port", str(self.api_port)]
-                + ["--worker-port", str(self.worker_port)],
+            self.process = subprocess.Popen(
+                [*DEV_COMMAND, "--port", str(self.api_port), "--worker-port", str(self.worker_port)],
                 cwd=folder,
                 env=environment,
                 stdout=log,
@@ -81,7 +81,8 @@ class Dev:
         found = []
         for pid in processes_in(self.folder.resolve()):
             with contextlib.suppress(OSError):
-                found.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes().replace(b'\0', b' ')[:150]!r}")
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:150]
+                found.append(f"{pid}: {command!r}")
         return found
 
     def kill_survivors(self) -> None:
