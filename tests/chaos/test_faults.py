@@ -187,7 +187,7 @@ async def test_flood_past_the_workers_capacity(chaos_db: ChaosDatabase, chaos_di
             await asyncio.sleep(WARM_UP_S * 2)
         flood = Load(urls=running.urls, service_key=running.keys["service"], rate_per_s=40.0, drain_s=3.0)
         flooding = asyncio.create_task(flood.run())
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(2.5)
         flood.stop()
         await flooding
         assert flood.statuses()[503] > 0, flood.statuses()

@@ -33,7 +33,7 @@ from tests.support.generations import (
     transaction_kinds,
     wait_final,
 )
-from tests.support.http import Api, api_for
+from tests.support.http import api_for
 from tests.support.processes import RunningProcess, unused_worker_url, worker_process
 
 USER = "fault-user"
