@@ -59,6 +59,8 @@ SWEEP_BATCH_MAX = 200
 CLAIM_BATCH_MAX = 64
 # Shutdown hands the leases back within this long, or leaves them to lapse.
 RELEASE_TIMEOUT_S = 1.0
+# A cancellation is a courtesy to the worker: never waited for longer than this.
+CANCEL_TIMEOUT_S = 2.0
 # Between tries to store a video: the first delay, doubled each time.
 STORE_RETRY_BASE_S = 0.25
 
@@ -69,8 +71,8 @@ async def cancel_quietly(client: WorkerClient | None, generation_id: uuid.UUID) 
     if client is None:
         return
     try:
-        await client.cancel(str(generation_id))
-    except WorkerError as error:
+        await asyncio.wait_for(client.cancel(str(generation_id)), CANCEL_TIMEOUT_S)
+    except (WorkerError, TimeoutError) as error:
         log.info("worker_cancel_failed", generation_id=str(generation_id), error=repr(error)[:200])
 
 
@@ -385,7 +387,7 @@ class Sweeper:
             await asyncio.sleep(self._settings.sweep_interval_s)
 
     async def sweep_once(self) -> dict[str, int]:
-        expired_generations = 0
+        expired: list[uuid.UUID] = []
         for row in await self._pool.fetch(queries.EXPIRED_GENERATIONS, SWEEP_BATCH_MAX):
             if await service.settle_failure(
                 self._pool,
@@ -395,9 +397,10 @@ class Sweeper:
                 expired=True,
                 row=row,
             ):
-                expired_generations += 1
-                # Whatever the worker still renders for it, nobody will collect.
-                await cancel_quietly(self._client, row["id"])
+                expired.append(row["id"])
+        # Whatever the worker still renders for them, nobody will collect: cancelled at once, all together.
+        await asyncio.gather(*(cancel_quietly(self._client, generation_id) for generation_id in expired))
+        expired_generations = len(expired)
         # Every hold today belongs to a generation and is settled above, with its generation; voiding
         # holds here behind the generations' back would leave a generation running on a voided hold.
         lots_users = await self._ledger.expire_due_lots(datetime.now(UTC))

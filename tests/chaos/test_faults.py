@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.chaos import (
     API_SETTINGS,
@@ -32,6 +33,8 @@ from tests.support.chaos import (
 )
 from tests.support.processes import RunningProcess, start_api, start_worker
 
+# A scenario is a fault, its recovery and the settling of everything it accepted: more than a unit's time.
+pytestmark = pytest.mark.timeout(240)
 # Connection failures a client sees while an API process is dead (never an HTTP answer).
 CONNECTION_FAILURES = {"ConnectError", "RemoteProtocolError", "ReadError", "WriteError"}
 FAULT_S = 3.0
@@ -176,7 +179,7 @@ async def test_flood_past_the_workers_capacity(chaos_db: ChaosDatabase, chaos_di
     """Far more generations than one render slot can deliver before their holds expire: the surplus is
     refused (503, Retry-After) before anything is held, and everything accepted is delivered."""
     api_env = {
-        "HOLD_TTL_S": "15",
+        "HOLD_TTL_S": "20",
         "ADMISSION_QUEUE_DEPTH_MIN": "4",
         "ADMISSION_WINDOW_S": "10",
         "DISPATCHER_CONCURRENCY": "2",
