@@ -22,7 +22,7 @@ import pytest
 
 from entitlements.dev.embedded_db import free_port
 from tests.support.chaos import processes_in
-from tests.support.processes import clean_environment, start_api
+from tests.support.processes import RunningProcess, clean_environment, start_api
 
 SHUTDOWN_TIMEOUT_S = 4.0
 EXIT_S_MAX = SHUTDOWN_TIMEOUT_S + 1.0
@@ -175,8 +175,16 @@ def test_moments_dev_stops_everything(dev_folder: Path, moment: Callable[[Dev], 
         dev.kill_survivors()
 
 
+def _log_says(api: RunningProcess, words: str) -> None:
+    deadline = time.monotonic() + MOMENT_S_MAX
+    while words not in api.log_tail():
+        assert api.process.poll() is None, api.log_tail()
+        assert time.monotonic() < deadline, api.log_tail()
+        time.sleep(POLL_S)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("when", ["starting", "serving"])
+@pytest.mark.parametrize("when", ["importing", "spawning", "serving"])
 def test_moments_serve_stops_within_its_timeout(
     database_url: str, tmp_path: Path, signum: signal.Signals, when: str
 ) -> None:
@@ -191,8 +199,11 @@ def test_moments_serve_stops_within_its_timeout(
         wait=when == "serving",
     )
     try:
-        if when == "starting":
+        if when == "importing":
             time.sleep(0.3)
+        elif when == "spawning":
+            # granian's main process is up and its server process is building the app (pools, ledger).
+            _log_says(api, "Spawning worker")
         started = time.monotonic()
         api.process.send_signal(signum)
         api.process.wait(timeout=EXIT_S_MAX * 3)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,8 +127,10 @@ class ChaosDatabase:
                 os.kill(pid, signal.SIGCONT)
 
     def destroy(self) -> None:
+        # Its data is thrown away: no shutdown checkpoint to wait for.
         self.resume()
-        self.server.destroy()
+        self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def processes_in(directory: Path) -> list[int]:
