@@ -21,7 +21,7 @@ AXE_DIR := $(STATIC_DIR)/axe
 # is); otherwise those tests are skipped with one line saying what to install.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint bench lock clean unit integration e2e browser chromium
+.PHONY: run test lint bench lock clean unit integration e2e browser chromium chaos
 
 # The virtualenv is rebuilt from the committed lock whenever the lock or the project metadata changes.
 $(STAMP): requirements.lock pyproject.toml $(ASSETS_STAMP)
@@ -66,6 +66,10 @@ e2e: $(STAMP)
 
 browser: $(STAMP) chromium
 	$(BIN)/python -m pytest tests/browser
+
+# The chaos suite alone (also part of `make test`): faults injected into real processes under load.
+chaos: $(STAMP)
+	$(BIN)/python -m pytest tests/chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -44,6 +44,7 @@ from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
 from entitlements.console.controllers import TEMPLATES_DIR, ConsoleController, console_static_router
 from entitlements.console.pages import environment
+from entitlements.database import bounded_pool
 from entitlements.generations.controllers import GenerationsController
 from entitlements.http import (
     EXCEPTION_HANDLERS,
@@ -97,6 +98,8 @@ APPROVAL_EFFECTS: dict[str, approvals.ApprovalEffect] = {
     "refund": approvals.ApprovalEffect(execute=generations.refund_approved),
 }
 log = structlog.get_logger("moments.app")
+# Of SHUTDOWN_TIMEOUT_S, what the app's own shutdown may take: the server kills the process at the whole.
+LIFESPAN_SHUTDOWN_SHARE = 0.5
 
 
 class DatabaseUnreachable(RuntimeError):
@@ -109,11 +112,13 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
         raise DatabaseUnreachable("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL for you)")
     db = settings.database
     try:
-        pool = await asyncpg.create_pool(
+        return await bounded_pool(
             url,
             min_size=db.pool_size_min,
             max_size=db.pool_size_max,
-            timeout=db.connect_timeout_s,
+            connect_timeout_s=db.connect_timeout_s,
+            acquire_timeout_s=db.acquire_timeout_s,
+            command_timeout_s=db.command_timeout_s,
             server_settings={
                 "statement_timeout": str(db.statement_timeout_ms),
                 "application_name": "moments",
@@ -122,10 +127,8 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
             },
             reset=_keep_session,
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise DatabaseUnreachable(f"the database does not answer ({type(error).__name__}: {error})") from None
-    assert pool is not None
-    return pool
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
@@ -143,6 +146,20 @@ def _state_value(state: State, name: str) -> Provide:
     return Provide(provide, sync_to_thread=False)
 
 
+def _process_metrics(
+    admission: generations.Admission, store: generations.VideoStore
+) -> tuple[Callable[[asyncpg.Pool], Awaitable[None]], ...]:
+    """The queue's and the holds' gauges, read again when /metrics is scraped; the video store's, probed."""
+
+    async def queue(_: asyncpg.Pool) -> None:
+        await admission.read()
+
+    async def video_store(_: asyncpg.Pool) -> None:
+        await store.unusable_because()
+
+    return (queue, video_store) if store.required else (queue,)
+
+
 def dependencies_for(state: State) -> dict[str, Provide]:
     """What handlers are given by name: the process's pieces (from `state`, filled in by the lifespan) and
     the request's own (caller, Idempotency-Key, page limit, time window)."""
@@ -158,6 +175,8 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "catalog": _state_value(state, "catalog"),
         "settings": _state_value(state, "settings"),
         "dispatcher": _state_value(state, "dispatcher"),
+        "admission": _state_value(state, "admission"),
+        "video_store": _state_value(state, "video_store"),
         "stripe_gateway": _state_value(state, "stripe"),
         "audit_checks": _state_value(state, "extra_audit_checks"),
         "metrics_readers": _state_value(state, "metrics_readers"),
@@ -200,20 +219,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         assert settings.database.url is not None, "create_pool refused to start without it"
         app.state.key_cache.start(settings.database.url)
+        app.state.admission = generations.Admission(app.state.pool, settings.generation)
+        app.state.video_store = generations.VideoStore(
+            settings.generation.video_dir,
+            required=settings.generation.dispatcher_enabled and bool(settings.generation.worker_urls),
+        )
+        app.state.metrics_readers = (*METRICS_READERS, *_process_metrics(app.state.admission, app.state.video_store))
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
         background = await _start_background(app, settings)
         try:
             yield
         finally:
-            await _stop_background(app, background)
-            if app.state.stripe is not None:
-                await app.state.stripe.aclose()
-            await app.state.key_cache.close()
-            await app.state.ledger.close()
-            if app.state.read_pool is not app.state.pool:
-                await app.state.read_pool.close()
-            await app.state.pool.close()
+            await _shut_down(app, background, settings.process.shutdown_timeout_s * LIFESPAN_SHUTDOWN_SHARE)
 
     # The document is the whole contract: request bodies whose rules are data (the price grid, the catalog)
     # are described from that data, so what the document calls valid is what the service accepts.
@@ -240,6 +258,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
             seal_signer=seal_signer,
             dispatcher=None,
+            admission=None,
+            video_store=None,
             stripe=None,
             key_cache=None,
             **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits)},
@@ -325,7 +345,10 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
     client = WorkerClient(generation.worker_urls, request_timeout_s=generation.worker_request_timeout_s)
     await client.__aenter__()
     app.state.worker_client = client
-    app.state.dispatcher = generations.Dispatcher(pool, ledger_service, generation, client)
+    sweeper.cancels_through(client)
+    app.state.dispatcher = generations.Dispatcher(
+        pool, ledger_service, generation, client, admission=app.state.admission, store=app.state.video_store
+    )
     tasks.append(asyncio.create_task(app.state.dispatcher.run(), name="dispatcher"))
     return tasks
 
@@ -342,6 +365,32 @@ async def _stop_background(app: Litestar, tasks: Sequence[asyncio.Task[None]]) -
         await app.state.worker_client.aclose()
     if app.state.webhook_client is not None:
         await app.state.webhook_client.aclose()
+
+
+async def _shut_down(app: Litestar, background: Sequence[asyncio.Task[None]], timeout_s: float) -> None:
+    """Every step bounded, so that a database or worker that does not answer never holds the process past
+    SHUTDOWN_TIMEOUT_S: the dispatcher hands its jobs back, the committers answer what they hold, the
+    pools close (or are terminated)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+
+    async def step(name: str, work: Awaitable[object]) -> bool:
+        left_s = max(deadline - asyncio.get_running_loop().time(), 0.05)
+        try:
+            await asyncio.wait_for(work, left_s)
+        except Exception as error:  # shutting down: say what did not stop cleanly, and go on
+            log.warning("shutdown_step_failed", step=name, error=repr(error)[:200])
+            return False
+        return True
+
+    await step("background", _stop_background(app, background))
+    if app.state.stripe is not None:
+        await step("stripe", app.state.stripe.aclose())
+    await step("key_cache", app.state.key_cache.close())
+    await step("ledger", app.state.ledger.close())
+    pools = [app.state.pool] if app.state.read_pool is app.state.pool else [app.state.read_pool, app.state.pool]
+    for pool in pools:
+        if not await step("pool", pool.close()):
+            pool.terminate()
 
 
 def create_app_from_env() -> Litestar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -249,7 +250,7 @@ def serve_asgi(target: str, *, host: str, port: int, workers: int, runtime_threa
     from granian import Granian
     from granian.constants import Interfaces
 
-    from entitlements.settings import ApiSettings
+    from entitlements.settings import ApiSettings, ProcessSettings
     from generation_client.logs import granian_log_config
 
     Granian(
@@ -262,6 +263,9 @@ def serve_asgi(target: str, *, host: str, port: int, workers: int, runtime_threa
         runtime_threads=runtime_threads,
         log_access=False,
         log_dictconfig=granian_log_config(ApiSettings.from_env().log_format),
+        # A server process that has not stopped a second before SHUTDOWN_TIMEOUT_S is killed (the app's own
+        # shutdown is bounded below that), so a stop never waits for a database or worker that does not answer.
+        workers_kill_timeout=max(1, math.floor(ProcessSettings.from_env().shutdown_timeout_s - 1)),
     ).serve()
 
 
@@ -291,11 +295,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from entitlements.dev import run_dev
+    from entitlements.settings import ProcessSettings
 
-    def serve(host: str, port: int, workers: int) -> None:
-        serve_asgi(MOMENTS_APP, host=host, port=port, workers=workers)
-
-    run_dev(api_port=args.port, worker_port=args.worker_port, serve=serve)
+    run_dev(
+        api_port=args.port,
+        worker_port=args.worker_port,
+        shutdown_timeout_s=ProcessSettings.from_env().shutdown_timeout_s,
+    )
     return 0
 
 

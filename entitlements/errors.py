@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 class DomainError(Exception):
     code: ClassVar[str] = "conflict"
+    # Seconds a client should wait before trying again (the HTTP layer's Retry-After), when that is known.
+    retry_after_s: int | None = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -111,6 +113,15 @@ class Unavailable(DomainError):
 
     code = "unavailable"
 
+    def __init__(self, detail: str, *, retry_after_s: int | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(Unavailable):
+    """More generations are waiting than the workers can render before their holds would expire: refused
+    before any moment is held (503 `unavailable`, with the estimated wait in Retry-After)."""
+
 
 class NotReady(DomainError):
     code = "not_ready"
@@ -142,6 +153,7 @@ __all__ = [
     "NotReady",
     "NotRefundable",
     "NotSealed",
+    "Overloaded",
     "SealMismatch",
     "SessionRequired",
     "StripeNotConfigured",

@@ -18,6 +18,10 @@ class SettingsError(ValueError):
     pass
 
 
+# How much longer than the server's statement_timeout the client waits for a statement's answer.
+COMMAND_TIMEOUT_MARGIN_S = 1.0
+
+
 def _text(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
@@ -72,6 +76,14 @@ class DatabaseSettings:
     pool_size_max: int
     statement_timeout_ms: int
     connect_timeout_s: float
+    # The longest a caller waits for a pool connection (and for one to be handed back) before 503.
+    acquire_timeout_s: float = 3.0
+
+    @property
+    def command_timeout_s(self) -> float:
+        """The client's own bound on one statement: the server's statement_timeout cannot fire while the
+        server is stalled (SIGSTOP, a frozen disk), so the client gives up a second after it would have."""
+        return self.statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_S
 
     def __post_init__(self) -> None:
         if self.pool_size_min > self.pool_size_max:
@@ -86,6 +98,7 @@ class DatabaseSettings:
             pool_size_max=_int("DB_POOL_SIZE_MAX", 20, minimum=1, maximum=500),
             statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 15_000, minimum=100, maximum=600_000),
             connect_timeout_s=_float("DB_CONNECT_TIMEOUT_S", 10.0, minimum=0.1, maximum=120.0),
+            acquire_timeout_s=_float("DB_ACQUIRE_TIMEOUT_S", 3.0, minimum=0.1, maximum=60.0),
         )
 
 
@@ -148,10 +161,23 @@ class GenerationSettings:
     sweep_interval_s: float
     # The most generations one user may have in progress (queued or running) at once; 0: no cap.
     open_generations_per_user_max: int = 20
+    # An unreachable worker is retried (with backoff) this long after the job's first unanswered attempt
+    # before the generation fails: long enough to outlast a worker restart.
+    worker_retry_budget_s: float = 300.0
+    # A video that cannot be written to VIDEO_DIR is tried this often before the generation fails.
+    video_store_attempts_max: int = 3
+    # Admission control (admission.py): the queue depth below which nothing is refused, the depth above
+    # which everything is, the window the workers' throughput is measured over, how often it is read.
+    admission_queue_depth_min: int = 64
+    admission_queue_depth_max: int = 5000
+    admission_window_s: int = 60
+    admission_refresh_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.retry_backoff_base_s > self.retry_backoff_cap_s:
             raise SettingsError("RETRY_BACKOFF_BASE_S must not exceed RETRY_BACKOFF_CAP_S")
+        if self.admission_queue_depth_min > self.admission_queue_depth_max:
+            raise SettingsError("ADMISSION_QUEUE_DEPTH_MIN must not exceed ADMISSION_QUEUE_DEPTH_MAX")
 
     @classmethod
     def from_env(cls) -> GenerationSettings:
@@ -165,12 +191,18 @@ class GenerationSettings:
             job_lease_s=_int("JOB_LEASE_S", 60, minimum=2, maximum=3600),
             worker_request_timeout_s=_float("WORKER_REQUEST_TIMEOUT_S", 10.0, minimum=0.1, maximum=300),
             render_timeout_s=_int("RENDER_TIMEOUT_S", 300, minimum=1, maximum=86_400),
-            attempts_max=_int("GENERATION_ATTEMPTS_MAX", 5, minimum=1, maximum=50),
+            attempts_max=_int("GENERATION_ATTEMPTS_MAX", 100, minimum=1, maximum=1000),
             retry_backoff_base_s=_float("RETRY_BACKOFF_BASE_S", 0.5, minimum=0.0, maximum=60),
-            retry_backoff_cap_s=_float("RETRY_BACKOFF_CAP_S", 30.0, minimum=0.0, maximum=600),
+            retry_backoff_cap_s=_float("RETRY_BACKOFF_CAP_S", 10.0, minimum=0.0, maximum=600),
             poll_interval_s=_float("DISPATCHER_POLL_INTERVAL_S", 0.5, minimum=0.01, maximum=60),
             sweep_interval_s=_float("SWEEP_INTERVAL_S", 5.0, minimum=0.05, maximum=3600),
             open_generations_per_user_max=_int("OPEN_GENERATIONS_PER_USER_MAX", 20, minimum=0, maximum=100_000),
+            worker_retry_budget_s=_float("WORKER_RETRY_BUDGET_S", 300.0, minimum=0.0, maximum=86_400),
+            video_store_attempts_max=_int("VIDEO_STORE_ATTEMPTS_MAX", 3, minimum=1, maximum=20),
+            admission_queue_depth_min=_int("ADMISSION_QUEUE_DEPTH_MIN", 64, minimum=0, maximum=1_000_000),
+            admission_queue_depth_max=_int("ADMISSION_QUEUE_DEPTH_MAX", 5000, minimum=1, maximum=1_000_000),
+            admission_window_s=_int("ADMISSION_WINDOW_S", 60, minimum=5, maximum=3600),
+            admission_refresh_s=_float("ADMISSION_REFRESH_S", 1.0, minimum=0.05, maximum=60),
         )
 
 
@@ -437,6 +469,17 @@ class SealSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProcessSettings:
+    # SIGTERM/SIGINT to stopped: every process `moments dev` or `moments serve` started ends within this
+    # long (well under `docker stop`'s 10 s), in-flight work finished or handed back.
+    shutdown_timeout_s: float = 6.0
+
+    @classmethod
+    def from_env(cls) -> ProcessSettings:
+        return cls(shutdown_timeout_s=_float("SHUTDOWN_TIMEOUT_S", 6.0, minimum=1.0, maximum=60.0))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings
     api: ApiSettings
@@ -447,6 +490,7 @@ class Settings:
     seal: SealSettings
     rate_limits: RateLimitSettings
     webhooks: WebhookSettings
+    process: ProcessSettings = field(default_factory=ProcessSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -460,4 +504,5 @@ class Settings:
             seal=SealSettings.from_env(),
             rate_limits=RateLimitSettings.from_env(),
             webhooks=WebhookSettings.from_env(),
+            process=ProcessSettings.from_env(),
         )

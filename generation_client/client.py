@@ -198,6 +198,13 @@ class WorkerClient:
         status_code, body = await self._send("GET", base_url, f"/v1/jobs/{quote(job_id, safe='')}")
         return _decode_status(status_code, body, base_url, job_id)
 
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job nobody will collect (idempotent): the worker stops rendering it, and it ends
+        `failed` with error `cancelled`; a job already final keeps its state, which is returned."""
+        base_url = self.base_url_for(job_id)
+        status_code, body = await self._send("POST", base_url, f"/v1/jobs/{quote(job_id, safe='')}/cancel")
+        return _decode_status(status_code, body, base_url, job_id)
+
     async def download_result(self, job_id: str, destination: Path) -> int:
         """Stream a succeeded job's MP4 to `destination`; returns its size in bytes.
 

@@ -408,6 +408,10 @@ def moments_env(
         "LOG_FORMAT": "json",
         # Queued generations must outlive the whole run, so that the dispatcher figure finds them held.
         "HOLD_TTL_S": "86400",
+        # The rounds fill the queue on purpose with nothing rendering: admission control would refuse them
+        # past its floor. Its check still runs on every request (one cached read), only never refuses.
+        "ADMISSION_QUEUE_DEPTH_MIN": "1000000",
+        "ADMISSION_QUEUE_DEPTH_MAX": "1000000",
         "VIDEO_DIR": str(work_dir / "videos"),
         "PYTHONUNBUFFERED": "1",
         # The service itself is measured: one key sends everything, faster than any default allows, and

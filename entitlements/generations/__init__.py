@@ -1,5 +1,6 @@
 """Generations: the paid path from a request to a delivered video, and its dispatcher and sweeper."""
 
+from entitlements.generations.admission import Admission, QueueStats
 from entitlements.generations.dispatcher import Dispatcher, Sweeper, SweepTask
 from entitlements.generations.schemas import GenerationOut, GenerationStatus, OpenHold, RefundCreate
 from entitlements.generations.service import (
@@ -18,16 +19,20 @@ from entitlements.generations.service import (
     video_file,
     video_path,
 )
+from entitlements.generations.store import VideoStore
 
 __all__ = [
     "AUDIT_CHECKS",
+    "Admission",
     "Dispatcher",
     "GenerationOut",
     "GenerationStatus",
     "OpenHold",
+    "QueueStats",
     "RefundCreate",
     "SweepTask",
     "Sweeper",
+    "VideoStore",
     "get",
     "hold_ids",
     "list_for_user",

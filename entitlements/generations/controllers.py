@@ -12,6 +12,7 @@ from litestar.response import File
 
 from entitlements.approvals import ApprovalPending
 from entitlements.generations import service
+from entitlements.generations.admission import Admission
 from entitlements.generations.dispatcher import Dispatcher
 from entitlements.generations.schemas import (
     GenerationCreate,
@@ -60,6 +61,7 @@ class GenerationsController(Controller):
         price_table: PriceTable,
         settings: AppSettings,
         dispatcher: NamedDependency[Dispatcher | None],
+        admission: NamedDependency[Admission],
         caller: TheCaller,
         idempotency_key: IdempotencyKey,
         user_id: UserIdPath,
@@ -75,6 +77,7 @@ class GenerationsController(Controller):
             key=idempotency_key,
             hold_ttl_s=settings.generation.hold_ttl_s,
             open_generations_max=settings.generation.open_generations_per_user_max,
+            admission=admission,
         )
         if dispatcher is not None:
             dispatcher.wake()

@@ -37,10 +37,7 @@ LIMIT $2
 # price until it settles, so these are also the open holds).
 IN_PROGRESS = """
 SELECT count(*) FILTER (WHERE status = 'queued') AS queued,
-       count(*) FILTER (WHERE status = 'running') AS running,
-       coalesce(sum(moments), 0) AS moments_held,
-       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')), 0)::float8
-           AS oldest_queued_s
+       count(*) FILTER (WHERE status = 'running') AS running
 FROM generations WHERE status IN ('queued', 'running')
 """
 
@@ -76,11 +73,11 @@ WITH leased AS (
         FOR UPDATE SKIP LOCKED
     ) AS due
     WHERE job.generation_id = due.generation_id
-    RETURNING job.generation_id, job.attempts, job.first_submitted_at
+    RETURNING job.generation_id, job.attempts, job.first_submitted_at, job.unavailable_since
 )
-SELECT l.generation_id, l.attempts, l.first_submitted_at, g.user_id, g.hold_id, g.image_id, g.prompt,
-       g.resolution, g.duration_s, g.audio, g.status
-FROM leased l JOIN generations g ON g.id = l.generation_id
+SELECT l.generation_id, l.attempts, l.first_submitted_at, l.unavailable_since, g.user_id, g.hold_id, g.image_id,
+       g.prompt, g.resolution, g.duration_s, g.audio, g.status, h.expires_at AS hold_expires_at
+FROM leased l JOIN generations g ON g.id = l.generation_id JOIN ledger_holds h ON h.id = g.hold_id
 """
 
 MARK_RUNNING_MANY = """
@@ -101,6 +98,7 @@ WHERE generation_id = $1 RETURNING first_submitted_at
 RETRY_LATER = """
 UPDATE generation_jobs
 SET attempts = $2, run_after = now() + make_interval(secs => $3), last_error = $4,
+    unavailable_since = coalesce(unavailable_since, now()),
     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 WHERE generation_id = $1 AND lease_owner = $5 AND NOT done
 """
@@ -191,3 +189,33 @@ WITH succeeded AS (
 )
 SELECT 1
 """
+
+# Admission control's figures (admission.py), one statement: jobs not done, the oldest queued generation's
+# wait, the jobs ended in the last $1 seconds and their mean time from first submission to end, open holds.
+QUEUE_STATS = """
+SELECT (SELECT count(*) FROM generation_jobs WHERE NOT done) AS depth,
+       (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM generations
+        WHERE status = 'queued') AS oldest_queued_s,
+       ended.finished, ended.render_avg_s,
+       holds.holds_open, holds.held_moments
+FROM (SELECT count(*) AS finished,
+             avg(extract(epoch FROM updated_at - first_submitted_at)) FILTER (WHERE first_submitted_at IS NOT NULL)
+                 AS render_avg_s
+      FROM generation_jobs WHERE done AND updated_at > now() - make_interval(secs => $1)) AS ended,
+     (SELECT count(*) AS holds_open, coalesce(sum(amount), 0)::bigint AS held_moments
+      FROM ledger_holds WHERE status = 'open') AS holds
+"""
+
+# Whether this caller's Idempotency-Key already created a generation (its replay is never refused).
+GENERATION_ANSWERED = """
+SELECT true FROM api_idempotency
+WHERE caller_key_id = $1 AND idempotency_key = $2 AND operation = 'create_generation' AND response_body IS NOT NULL
+"""
+
+# The jobs this dispatcher holds, handed back on shutdown: another dispatcher may take them at once.
+RELEASE_LEASES = """
+UPDATE generation_jobs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE lease_owner = $1 AND NOT done
+"""
+
+JOB_DONE = "SELECT done FROM generation_jobs WHERE generation_id = $1"

@@ -23,6 +23,7 @@ from entitlements import approvals, idempotency, prompts, quotes
 from entitlements.approvals import ApprovalOut
 from entitlements.errors import NotFound, NotRefundable, Unavailable, VideoUnavailable
 from entitlements.generations import batch, queries
+from entitlements.generations.admission import Admission
 from entitlements.generations.schemas import (
     GenerationCreate,
     GenerationOut,
@@ -44,17 +45,39 @@ ERROR_CHARS_MAX = 1000
 VOID_REASON_CHARS_MAX = 500
 WITH_VIDEO = frozenset({"succeeded", "refunded"})
 OPEN_HOLDS_MAX = 200
+# Why generations failed, as the metric's label: the prefix of the recorded reason (a bounded set).
+FAILURE_REASONS = frozenset(
+    {
+        "worker_failed",
+        "worker_rejected",
+        "worker_unavailable",
+        "render_timeout",
+        "hold_expired",
+        "hold_expiring",
+        "video_store_failed",
+    }
+)
+SETTLED = Counter(
+    "moments_generations_settled", "Generations settled by this process, by outcome and reason", ["outcome", "reason"]
+)
 
-# Counted by the process that settles or creates (Prometheus sums the processes).
+
+# Every series exists from the start (a rate over a series that appears late misses its first increase).
+SETTLED.labels("succeeded", "")
+for _reason in (*FAILURE_REASONS, "other"):
+    SETTLED.labels("failed", _reason)
+
+
+def failure_reason(error: str) -> str:
+    reason = error.partition(":")[0]
+    return reason if reason in FAILURE_REASONS else "other"
+
+
+# Counted by the process that creates (Prometheus sums the processes); settled ones are SETTLED above, and
+# the queue's and holds' gauges are admission.py's.
 GENERATIONS_CREATED = Counter("moments_generations_created_total", "Generations accepted (not replays)")
-GENERATIONS_SETTLED = Counter("moments_generations_settled_total", "Generations settled, by outcome", ["outcome"])
 # Read from the database when /metrics is scraped: the same in every process.
 GENERATIONS_IN_PROGRESS = Gauge("moments_generations_in_progress", "Generations not settled yet", ["status"])
-OLDEST_QUEUED = Gauge("moments_generation_queue_oldest_seconds", "Age of the oldest queued generation")
-HOLDS_OPEN = Gauge("moments_holds_open", "Open holds (generations in progress)")
-MOMENTS_HELD = Gauge("moments_moments_held", "Moments held by generations in progress")
-for _outcome in ("succeeded", "failed", "expired"):
-    GENERATIONS_SETTLED.labels(_outcome)
 
 
 def held(row: asyncpg.Record) -> int:
@@ -158,12 +181,16 @@ async def create(
     key: str,
     hold_ttl_s: int,
     open_generations_max: int = 0,
+    admission: Admission | None = None,
 ) -> GenerationOut:
     """Holds the price and queues the generation; `open_generations_max` generations of the user in
     progress refuse another (429 concurrency_limited; 0: no cap), counted by the ledger under the user's lock."""
     quote = quotes.quote(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
+    if admission is not None:
+        # Before anything is held: a refused request leaves no trace (the same key may be sent again).
+        await admission.admit(caller.key_id, key)
     fingerprint = idempotency.request_hash(batch.OPERATION, user_id, body)
     # Never a gate, and never stored: worked out beside the request, added to the answer after it.
     advice = prompts.advice_items(body.prompt, duration_s=quote.duration_s, audio=quote.audio)
@@ -263,7 +290,7 @@ async def settle_success(
     )
     settled = await _settle(ledger_service, settlement)
     if settled:
-        GENERATIONS_SETTLED.labels("succeeded").inc()
+        SETTLED.labels("succeeded", "").inc()
         log.info("generation_succeeded", generation_id=str(generation_id))
     return settled
 
@@ -294,20 +321,18 @@ async def settle_failure(
     )
     settled = await _settle(ledger_service, settlement)
     if settled:
-        GENERATIONS_SETTLED.labels("expired" if expired else "failed").inc()
+        SETTLED.labels("failed", failure_reason(error)).inc()
         log.info("generation_failed", generation_id=str(generation_id), error=error[:200])
     return settled
 
 
 async def refresh_metrics(pool: asyncpg.Pool) -> None:
-    """Read when /metrics is scraped: the generations in progress, the queue's age, the open holds."""
+    """Read when /metrics is scraped: the generations in progress, by status (the queue and the holds are
+    admission.py's)."""
     row = await pool.fetchrow(queries.IN_PROGRESS)
     assert row is not None
     GENERATIONS_IN_PROGRESS.labels("queued").set(row["queued"])
     GENERATIONS_IN_PROGRESS.labels("running").set(row["running"])
-    OLDEST_QUEUED.set(row["oldest_queued_s"])
-    HOLDS_OPEN.set(row["queued"] + row["running"])
-    MOMENTS_HELD.set(row["moments_held"])
 
 
 async def _settle(ledger_service: ledger.Ledger, settlement: batch.Settlement) -> bool:

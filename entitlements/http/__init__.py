@@ -35,7 +35,13 @@ from entitlements.http.params import (
     provide_limit,
     provide_window,
 )
-from entitlements.http.problems import EXCEPTION_HANDLERS, PROBLEM_MEDIA_TYPE, STATUS_BY_CODE
+from entitlements.http.problems import (
+    EXCEPTION_HANDLERS,
+    PROBLEM_MEDIA_TYPE,
+    RETRY_AFTER_S_DEFAULT,
+    STATUS_BY_CODE,
+    log_database_fault,
+)
 from entitlements.http.responses import answer_response
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "IDEMPOTENCY_KEY_PATTERN",
     "OPENAPI_PATH_PREFIX",
     "PROBLEM_MEDIA_TYPE",
+    "RETRY_AFTER_S_DEFAULT",
     "SESSION_COOKIE",
     "STATUS_BY_CODE",
     "STRICT_BODY",
@@ -63,6 +70,7 @@ __all__ = [
     "allowed_roles",
     "answer_response",
     "decode_strictly",
+    "log_database_fault",
     "may",
     "mirrored_roles",
     "operation_roles",

@@ -172,8 +172,9 @@ def problem_codes(operation_id: str, handler: HTTPRouteHandler, operation: Mappi
     """Every problem code an operation may answer, derived from its route and `RAISES`."""
     codes: list[str] = []
     if not handler.opt.get("public"):
-        # Every route with a caller is rate-limited per key (entitlements/http/limits.py).
-        codes += ["unauthorized", "forbidden", "rate_limited"]
+        # Every route with a caller is rate-limited per key (entitlements/http/limits.py), and every key is
+        # read from the database: a database that does not answer is 503 on any of them.
+        codes += ["unauthorized", "forbidden", "rate_limited", "unavailable"]
     if operation.get("parameters") or operation.get("requestBody"):
         codes.append("validation_failed")
     if operation.get("requestBody") and operation_id not in RAW_BODIES:
@@ -201,6 +202,14 @@ def _problem_response(status: int, codes: list[str]) -> dict[str, Any]:
         }
     if "rate_limited" in codes:
         response["headers"] = RATE_LIMITED_HEADERS
+    if status == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "required": True,
+                "description": "Seconds to wait before sending the same request again.",
+            },
+        }
     return response
 
 

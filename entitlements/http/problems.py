@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Request, Response
@@ -23,6 +24,7 @@ from litestar.exceptions import (
 from litestar.types import ExceptionHandlersMap
 
 import ledger
+from entitlements.database import is_unavailable
 from entitlements.errors import DomainError, ValidationFailed, one_of
 from entitlements.http.body import closed_set
 from entitlements.http.params import HEADER_FIELDS
@@ -62,6 +64,10 @@ STATUS_BY_CODE: dict[str, int] = {
 # Statuses Litestar raises by itself, and the code each is answered with.
 CODE_BY_LITESTAR_STATUS = {405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
+# What a 503 tells the client to wait before trying again, unless the refusal knows better (admission).
+RETRY_AFTER_S_DEFAULT = 1
+UNAVAILABLE_DETAIL = "the database did not answer in time; retry shortly (with the same Idempotency-Key)"
+
 log = structlog.get_logger("moments.errors")
 
 
@@ -77,7 +83,12 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def problem_response(
-    code: str, detail: str, request: Request[Any, Any, Any] | None = None, **extra: Any
+    code: str,
+    detail: str,
+    request: Request[Any, Any, Any] | None = None,
+    *,
+    retry_after_s: int | None = None,
+    **extra: Any,
 ) -> Response[Any]:
     status = STATUS_BY_CODE[code]
     body: dict[str, Any] = {
@@ -90,8 +101,13 @@ def problem_response(
     if request is not None:
         body["instance"] = request.url.path
     body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        # Every 503 is temporary: say when to come back (RFC 9110 section 10.2.3).
+        headers["Retry-After"] = str(retry_after_s or RETRY_AFTER_S_DEFAULT)
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers or None)
 
 
 def ledger_error_extra(error: ledger.LedgerRuleError) -> dict[str, Any]:
@@ -131,7 +147,21 @@ def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException
 
 
 def handle_domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
-    return problem_response(exc.code, exc.detail, request, **exc.extra)
+    return problem_response(exc.code, exc.detail, request, retry_after_s=exc.retry_after_s, **exc.extra)
+
+
+def log_database_fault(exc: BaseException) -> None:
+    # The type and SQLSTATE only: a database message may quote the row (and so the request's content).
+    log.warning("database_unavailable", error_type=type(exc).__name__, sqlstate=getattr(exc, "sqlstate", None))
+
+
+def handle_database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The database down, restarting, stalled, or out of connections: 503, never 500; anything else raised
+    by the driver is a bug, and answered as one."""
+    if not is_unavailable(exc):
+        return handle_unexpected(request, exc)
+    log_database_fault(exc)
+    return problem_response("unavailable", UNAVAILABLE_DETAIL, request)
 
 
 def public_detail(error: ledger.LedgerRuleError) -> str:
@@ -203,5 +233,9 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ledger.LedgerUnavailable: handle_ledger_unavailable,
     ledger.InvalidCursor: handle_invalid_cursor,
     HTTPException: handle_http_exception,
+    asyncpg.PostgresError: handle_database_error,
+    asyncpg.InterfaceError: handle_database_error,
+    OSError: handle_database_error,
+    TimeoutError: handle_database_error,
     Exception: handle_unexpected,
 }

@@ -3,6 +3,7 @@
 POST /v1/jobs               submit (idempotent by id)  → 202 job status; 409 id reused; 422 invalid
 GET  /v1/jobs/{id}          status                     → 200 job status; 404 unknown
 GET  /v1/jobs/{id}/result   the MP4, streamed from disk → 200 video/mp4; 404 unknown; 409 not succeeded
+POST /v1/jobs/{id}/cancel   stop it (idempotent)       → 200 job status (failed `cancelled`, or as it ended); 404
 GET  /healthz               liveness                   → 200
 
 Errors are RFC 9457 problem+json with a stable `code`.
@@ -129,6 +130,13 @@ async def get_job(job_id: str, jobs: JobStore) -> JobStatus:
     return await jobs.status(job_id)
 
 
+@post("/v1/jobs/{job_id:str}/cancel", status_code=200, operation_id="cancelJob")
+async def cancel_job(job_id: str, jobs: JobStore) -> JobStatus:
+    """Cancel a job its client abandoned: its render stops and frees its slot, and it ends failed with error
+    `cancelled`. A job already succeeded or failed is left as it is."""
+    return await jobs.cancel(job_id)
+
+
 @get("/v1/jobs/{job_id:str}/result", operation_id="getJobResult", media_type="video/mp4")
 async def get_job_result(job_id: str, jobs: JobStore) -> File:
     # File streams from disk in chunks, with Content-Length: the video is never held in memory.
@@ -163,7 +171,7 @@ def create_app(settings: WorkerSettings | None = None) -> Litestar:
             await store.close()
 
     return Litestar(
-        route_handlers=[submit_job, get_job, get_job_result, healthz],
+        route_handlers=[submit_job, get_job, cancel_job, get_job_result, healthz],
         dependencies={"jobs": Provide(provide_jobs, sync_to_thread=False)},
         exception_handlers={
             ValidationException: _validation_failed,

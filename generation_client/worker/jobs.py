@@ -47,6 +47,7 @@ RECORD_FORMAT_VERSION: Final = 1
 LOCK_FILE_NAME: Final = ".worker.lock"
 INJECTED_FAILURE: Final = "injected_failure"
 RENDER_FAILED: Final = "render_failed"
+CANCELLED: Final = "cancelled"
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,8 @@ class VideoDirectoryLocked(Exception):
 class _ActiveJob:
     record: JobRecord
     task: asyncio.Task[None] | None = None
+    # Set to stop this job's render at its next frame (cancelled, or the worker shutting down).
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -166,6 +169,8 @@ class JobStore:
     async def close(self) -> None:
         """Stop every job in flight; their records stay queued/running, to be resumed by the next worker."""
         self._cancel_renders.set()
+        for active in self._active.values():
+            active.stop.set()
         tasks = [active.task for active in self._active.values() if active.task is not None]
         for task in tasks:
             task.cancel()
@@ -197,6 +202,28 @@ class JobStore:
             if record is None:
                 raise JobMissing(job_id)
             return self._resume_if_abandoned(record).to_status()
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Stops the job (its render ends at the next frame, its slot is free) and records it failed with
+        error `cancelled`; a job already final is returned as it is."""
+        if len(job_id) > ID_LENGTH_MAX or _JOB_ID.match(job_id) is None:
+            raise JobMissing(job_id)
+        async with self._locked(job_id):
+            active = self._active.get(job_id)
+            if active is not None:
+                active.stop.set()
+                if active.task is not None:
+                    active.task.cancel()
+                    await asyncio.gather(active.task, return_exceptions=True)
+            record = await asyncio.to_thread(self._read_record, job_id)
+            if record is None:
+                raise JobMissing(job_id)
+            if record.status in _FINAL_STATES:
+                return record.to_status()
+            cancelled = msgspec.structs.replace(record, status="failed", error=CANCELLED, updated_at=_now())
+            await asyncio.to_thread(self._write_record, cancelled)
+            log.info("job_cancelled", job_id=job_id, was=record.status)
+            return cancelled.to_status()
 
     async def result_path(self, job_id: str) -> Path:
         status = await self.status(job_id)
@@ -338,9 +365,10 @@ class JobStore:
                 image_path=await asyncio.to_thread(find_source_image, self._settings.image_dir, request.image_id),
             )
             started_s = time.perf_counter()
+            stop = self._active[job_id].stop
             size_bytes = await asyncio.get_running_loop().run_in_executor(
                 self._executor,
-                lambda: render_video(spec, self._video_path(job_id), cancel=self._cancel_renders),
+                lambda: render_video(spec, self._video_path(job_id), cancel=stop),
             )
             log.info(
                 "render_finished",

@@ -50,6 +50,8 @@ _SETTING_NAMES = frozenset(
         "PAGE_SIZE_MAX",
         "PAGE_SIZE_DEFAULT",
         "SUPPORT_GRANT_MOMENTS_MAX",
+        "SHUTDOWN_TIMEOUT_S",
+        "PORT",
     }
 )
 _SETTING_PREFIXES = (
@@ -64,6 +66,8 @@ _SETTING_PREFIXES = (
     "SUPPORT_GRANT_",
     "WEBHOOK_",
     "BALANCE_LOW_",
+    "ADMISSION_",
+    "VIDEO_STORE_",
 )
 
 
@@ -170,10 +174,12 @@ def start_worker(
     hang_rate: float | None = None,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    port: int | None = None,
 ) -> RunningProcess:
-    """`moments worker` on a free port with WORKER_VIDEO_DIR=video_dir; healthy when it returns (unless
-    `wait` is false: then pass it to `running()`, which waits)."""
-    port = free_port()
+    """`moments worker` on a free port (or `port`: a restart where the old one was) with
+    WORKER_VIDEO_DIR=video_dir; healthy when it returns (unless `wait` is false: then pass it to
+    `running()`, which waits)."""
+    port = port or free_port()
     command = [sys.executable, "-m", "entitlements.cli", "worker", "--host", "127.0.0.1", "--port", str(port)]
     for flag, value in (("--failure-rate", failure_rate), ("--latency-ms", latency_ms), ("--hang-rate", hang_rate)):
         if value is not None:

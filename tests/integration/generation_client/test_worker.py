@@ -485,3 +485,38 @@ async def test_the_worker_logs_json_lines_when_not_on_a_terminal(worker: Running
     events = [json.loads(line) for line in lines]  # every line, granian's own included, is JSON
     assert any(event.get("event") == "worker_started" for event in events), lines
     assert all({"event", "level", "timestamp"} <= set(event) for event in events), lines
+
+
+async def test_cancel_stops_a_hung_job_once_and_is_idempotent(fleet: Fleet) -> None:
+    async with WorkerClient([fleet.hanging.base_url]) as client:
+        assert (await client.submit(job("abandoned"))).status == "running"
+        cancelled = await client.cancel("abandoned")
+        assert (cancelled.status, cancelled.error) == ("failed", "cancelled")
+        assert await client.status("abandoned") == cancelled
+        # Again, and a resubmission of the same id: the job stays as it ended.
+        assert await client.cancel("abandoned") == cancelled
+        assert await client.submit(job("abandoned")) == cancelled
+    assert record(fleet.hanging, "abandoned")["error"] == "cancelled"
+
+
+async def test_cancel_stops_a_render_in_progress_and_frees_its_slot(tmp_path: Path) -> None:
+    # latency_ms keeps the job running after its frames; cancelling it must end it at once, not after.
+    with running_worker(tmp_path / "videos", latency_ms=60_000) as slow:
+        async with WorkerClient([slow.base_url]) as client:
+            await client.submit(job("slow"))
+            cancelled = await client.cancel("slow")
+            assert (cancelled.status, cancelled.error) == ("failed", "cancelled")
+            assert (await client.status("slow")).status == "failed"
+    assert not (tmp_path / "videos" / "slow.mp4.partial").exists()
+
+
+async def test_cancel_leaves_a_finished_job_as_it_is_and_unknown_jobs_are_not_found(worker: RunningWorker) -> None:
+    async with WorkerClient([worker.base_url]) as client:
+        await client.submit(job("finished-before-cancel"))
+        done = await wait_final(client, "finished-before-cancel")
+        assert done.status == "succeeded"
+        assert await client.cancel("finished-before-cancel") == done
+        with pytest.raises(JobNotFound):
+            await client.cancel("never-submitted")
+        with pytest.raises(JobNotFound):
+            await client.cancel("bad\nid")

@@ -71,9 +71,9 @@ def test_defaults() -> None:
     assert generation.job_lease_s == 60
     assert generation.worker_request_timeout_s == 10.0
     assert generation.render_timeout_s == 300
-    assert generation.attempts_max == 5
+    assert generation.attempts_max == 100
     assert generation.retry_backoff_base_s == 0.5
-    assert generation.retry_backoff_cap_s == 30.0
+    assert generation.retry_backoff_cap_s == 10.0
     assert generation.poll_interval_s == 0.5
     assert generation.sweep_interval_s == 5.0
     assert generation.open_generations_per_user_max == 20
@@ -83,6 +83,15 @@ def test_defaults() -> None:
     assert (limits.generations_per_s, limits.generations_burst) == (20.0, 100)
     assert (limits.writes_per_s, limits.writes_burst) == (50.0, 200)
     assert (limits.reads_per_s, limits.reads_burst) == (200.0, 1000)
+    assert generation.worker_retry_budget_s == 300.0
+    assert generation.video_store_attempts_max == 3
+    assert generation.admission_queue_depth_min == 64
+    assert generation.admission_queue_depth_max == 5000
+    assert generation.admission_window_s == 60
+    assert generation.admission_refresh_s == 1.0
+    assert settings.database.acquire_timeout_s == 3.0
+    assert settings.database.command_timeout_s == 16.0
+    assert settings.process.shutdown_timeout_s == 6.0
 
     stripe = settings.stripe
     assert stripe.api_key is None

@@ -33,7 +33,7 @@ async def test_work_in_progress_open_holds_and_outcomes(api: Api, pool: asyncpg.
     price = await price_of(api, body())
     await premium_user(api, "watched", 10 * price)
     created_before = await metric(api, "moments_generations_created_total")
-    failed_before = await metric(api, 'moments_generations_settled_total{outcome="failed"}')
+    failed_before = await metric(api, 'moments_generations_settled_total{outcome="failed",reason="other"}')
     first = await create_ok(api, "watched", body())
     await create_ok(api, "watched", body())
 
@@ -41,14 +41,14 @@ async def test_work_in_progress_open_holds_and_outcomes(api: Api, pool: asyncpg.
     assert await metric(api, 'moments_generations_in_progress{status="queued"}') == 2
     assert await metric(api, 'moments_generations_in_progress{status="running"}') == 0
     assert await metric(api, "moments_holds_open") == 2
-    assert await metric(api, "moments_moments_held") == 2 * price
+    assert await metric(api, "moments_held_moments") == 2 * price
     assert await metric(api, "moments_generation_queue_oldest_seconds") >= 0
 
     async with ledger.Ledger(pool, batch_settings=ledger.BatchSettings(committers=1)) as ledger_service:
         assert await settle_failure(pool, ledger_service, uuid.UUID(first["id"]), "test: failed on purpose")
-    assert await metric(api, 'moments_generations_settled_total{outcome="failed"}') == failed_before + 1
+    assert await metric(api, 'moments_generations_settled_total{outcome="failed",reason="other"}') == failed_before + 1
     assert await metric(api, "moments_holds_open") == 1
-    assert await metric(api, "moments_moments_held") == price
+    assert await metric(api, "moments_held_moments") == price
 
 
 async def test_the_ledgers_batches_are_measured(api: Api) -> None:
