@@ -224,7 +224,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             settings.generation.video_dir,
             required=settings.generation.dispatcher_enabled and bool(settings.generation.worker_urls),
         )
-        app.state.metrics_readers = (*METRICS_READERS, *_process_metrics(app.state.admission, app.state.video_store))
+        app.state.metrics_readers = (*readers, *_process_metrics(app.state.admission, app.state.video_store))
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
         background = await _start_background(app, settings)
@@ -237,6 +237,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # are described from that data, so what the document calls valid is what the service accepts.
     # The seal's signing key is read once, here; without one the service runs and says it does not seal.
     seal_signer = seal.signer_for(settings.seal)
+    readers = (*METRICS_READERS, partial(seal.refresh_metrics, count_max=settings.seal.lag_count_max))
     table_now = pricing.current_table(price_tables, datetime.now(UTC))
     grid = quotes.request_json_schema(table_now)
     body_refinements = {
@@ -252,10 +253,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             catalog=catalog,
             extra_audit_checks=EXTRA_AUDIT_CHECKS,
             approval_effects=APPROVAL_EFFECTS,
-            metrics_readers=(
-                *METRICS_READERS,
-                partial(seal.refresh_metrics, count_max=settings.seal.lag_count_max),
-            ),
+            metrics_readers=readers,
             seal_signer=seal_signer,
             dispatcher=None,
             admission=None,
