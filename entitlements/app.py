@@ -25,12 +25,13 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, generations, keys, prompts, quotes
+from entitlements import accounts, approvals, billing, console, finance, generations, keys, prompts, quotes
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
 from entitlements.console.controllers import TEMPLATES_DIR, ConsoleController, console_static_router
 from entitlements.console.pages import environment
+from entitlements.finance.controllers import FinanceController
 from entitlements.generations.controllers import GenerationsController
 from entitlements.http import (
     EXCEPTION_HANDLERS,
@@ -68,6 +69,7 @@ CONTROLLERS = (
     BillingController,
     KeysController,
     ApprovalsController,
+    FinanceController,
     ConsoleController,
 )
 # What approving an approval of each kind does: the grant's and the refund's own code (and, for a rejected
@@ -138,6 +140,7 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "metrics_readers": _state_value(state, "metrics_readers"),
         "key_cache": _state_value(state, "key_cache"),
         "approval_effects": _state_value(state, "approval_effects"),
+        "export_runner": _state_value(state, "export_runner"),
         "price_table": Provide(provide_price_table, sync_to_thread=False),
         "caller": Provide(provide_caller, sync_to_thread=False),
         "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
@@ -174,11 +177,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.key_cache.start(settings.database.url)
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
+        # Exports run in every API process (dispatcher or not): the file is written where it is served.
+        app.state.export_runner = finance.ExportRunner(app.state.pool, settings.finance)
+        app.state.export_runner.start()
         background = await _start_background(app, settings)
         try:
             yield
         finally:
             await _stop_background(app, background)
+            await app.state.export_runner.close()
             if app.state.stripe is not None:
                 await app.state.stripe.aclose()
             await app.state.key_cache.close()
@@ -208,6 +215,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             dispatcher=None,
             stripe=None,
             key_cache=None,
+            export_runner=None,
         )
     )
     app = Litestar(

@@ -13,6 +13,7 @@ def settings_for(
     *,
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
+    finance_settings: dict[str, Any] | None = None,
     **generation: Any,
 ) -> Settings:
     """The environment's settings against this database, without a dispatcher unless asked; `api_settings`
@@ -24,4 +25,5 @@ def settings_for(
         generation=dataclasses.replace(base.generation, **({"dispatcher_enabled": False} | generation)),
         api=dataclasses.replace(base.api, **(api_settings or {})),
         console=dataclasses.replace(base.console, **(console_settings or {})),
+        finance=dataclasses.replace(base.finance, **(finance_settings or {})),
     )

@@ -41,13 +41,20 @@ async def api_for(
     *,
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
+    finance_settings: dict[str, Any] | None = None,
     extra_keys: dict[str, tuple[str, str]] | None = None,
     **generation: Any,
 ) -> AsyncIterator[Api]:
     """The app in process with a key per role (named `test-{role}`), plus `extra_keys` ({who: (role, name)}:
     more people, such as a second support person)."""
     app = create_app(
-        settings_for(database_url, api_settings=api_settings, console_settings=console_settings, **generation)
+        settings_for(
+            database_url,
+            api_settings=api_settings,
+            console_settings=console_settings,
+            finance_settings=finance_settings,
+            **generation,
+        )
     )
     connection = await asyncpg.connect(database_url)
     try:
