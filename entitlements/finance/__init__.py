@@ -10,6 +10,7 @@ from entitlements.finance.exports import (
     export_to_file,
     get_export,
     list_exports,
+    request_of,
     write_export,
 )
 from entitlements.finance.schemas import ExportCreate, Manifest, Rollforward
@@ -38,6 +39,7 @@ __all__ = [
     "list_exports",
     "list_periods",
     "rollforward",
+    "request_of",
     "rollforward_csv",
     "seal_head",
     "write_export",

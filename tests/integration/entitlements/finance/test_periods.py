@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-import ledger as L
 from entitlements.finance import service
+from tests.support.finance import a_user, backdated_purchase
 from tests.support.http import Api, api_for
 
 
@@ -20,32 +19,6 @@ from tests.support.http import Api, api_for
 async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
     async with api_for(database_url, finance_settings={"export_dir": tmp_path}) as client:
         yield client
-
-
-async def backdated_purchase(pool: asyncpg.Pool, user_id: str, amount: int, created_at: datetime, key: str) -> None:
-    """A purchase dated in the past, written with plain SQL (as only a database superuser could: the service
-    always dates a transaction by its database transaction's start). The database's own checks still apply."""
-    async with pool.acquire() as connection, connection.transaction():
-        accounts = dict(await connection.fetch("SELECT code, id FROM ledger_accounts"))
-        transaction_id = await connection.fetchval(
-            "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result, created_at) "
-            "VALUES ('purchase', $1, $2, $3, 'test', '{}', $4) RETURNING id",
-            key,
-            hashlib.sha256(key.encode()).digest(),
-            user_id,
-            created_at,
-        )
-        await connection.executemany(
-            "INSERT INTO ledger_postings (transaction_id, account_id, amount) VALUES ($1, $2, $3)",
-            [(transaction_id, accounts["system:sales"], -amount),
-             (transaction_id, accounts[f"user:{user_id}:available"], amount)],  # fmt: skip
-        )
-
-
-async def a_user(pool: asyncpg.Pool, user_id: str) -> None:
-    async with L.Ledger(pool) as led:
-        await led.submit(L.Credit(key=f"open-{user_id}", user_id=user_id, actor="test", amount=1, kind="grant",
-                                  category="promotional"))  # fmt: skip
 
 
 OCTOBER = datetime(2026, 10, 15, tzinfo=UTC)
