@@ -144,13 +144,17 @@ async def test_a_postings_csv_export_matches_the_ledger_and_its_manifest(api: Ap
     assert manifest["bytes"] == len(body)
     assert manifest["seal_head"] is None
     rows = list(csv.DictReader(io.StringIO(body.decode())))
-    assert list(rows[0]) == manifest["columns"] == ["transaction_id", "account", "amount", "commit_position"]
+    assert list(rows[0]) == manifest["columns"] == ["transaction_id", "account", "amount"]
     assert manifest["rows"] == len(rows) == await pool.fetchval("SELECT count(*) FROM ledger_postings")
     assert sum(int(row["amount"]) for row in rows) == 0
     assert manifest["after"] is None
-    assert manifest["through"] == rows[-1]["commit_position"]
-    positions = [L.decode_position(row["commit_position"]) for row in rows]
-    assert positions == sorted(positions)
+    in_commit_order = await pool.fetch("SELECT id, written_by_xid::text AS xid FROM ledger_transactions ORDER BY written_by_xid, id")
+    last = in_commit_order[-1]
+    assert manifest["through"] == L.encode_position(L.CommitPosition(xid=int(last["xid"]), transaction_id=last["id"]))
+    assert list(dict.fromkeys(int(row["transaction_id"]) for row in rows)) == [row["id"] for row in in_commit_order]
+    transactions, body = await export(api, {"dataset": "transactions", "format": "csv"})
+    positions = [L.decode_position(row["commit_position"]) for row in csv.DictReader(io.StringIO(body.decode()))]
+    assert positions == sorted(positions) and transactions["manifest"]["through"] == manifest["through"]
 
 
 async def test_a_transactions_ndjson_export_holds_every_immutable_field(api: Api, pool: asyncpg.Pool) -> None:
