@@ -3,6 +3,7 @@ the moments liability and period close, and the price what-if."""
 
 from entitlements.finance.exports import (
     FORMAT_VERSION,
+    MEDIA_TYPES,
     ExportRequest,
     ExportRunner,
     create_export,
@@ -25,6 +26,7 @@ from entitlements.finance.service import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "MEDIA_TYPES",
     "ExportCreate",
     "ExportRequest",
     "ExportRunner",
