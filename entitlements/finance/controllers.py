@@ -77,9 +77,10 @@ class FinanceController(Controller):
         opt={"roles": ("finance",)},
     )
     async def get_feed(
-        self, ledger_service: LedgerService, read_pool: Pool, page_limit: PageLimit, after: AfterQuery = None
+        self, ledger_service: LedgerService, pool: Pool, page_limit: PageLimit, after: AfterQuery = None
     ) -> FeedPage:
-        return await service.feed(ledger_service, read_pool, after=after, limit=page_limit)
+        # The primary, not a replica: the commit horizon is the primary's own.
+        return await service.feed(ledger_service, pool, after=after, limit=page_limit)
 
     @post(
         "/v1/ledger/exports",
