@@ -158,8 +158,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         body = msgspec.convert(
-            {"dataset": args.dataset, "format": args.format, "after": args.after, "since": args.since,
-             "until": args.until},  # fmt: skip
+            {
+                "dataset": args.dataset,
+                "format": args.format,
+                "after": args.after,
+                "since": args.since,
+                "until": args.until,
+            },
             finance.ExportCreate,
             strict=False,
         )

@@ -591,7 +591,6 @@ class ConsoleController(Controller):
         report = await billing.reconcile(read_pool, since=window_since, until=window_until)
         return render(request, "finance/reconciliation.html", report=report, since=since or "", until=until or "")
 
-
     @get("/finance/rollforward", opt={"mirrors": ("getRollforward",)})
     async def rollforward(
         self,
@@ -616,10 +615,14 @@ class ConsoleController(Controller):
     async def exports_page(self, request: Request[Any, Any, Any], pool: Pool, cursor: CursorQuery = None) -> Template:
         page = await finance.list_exports(pool, limit=ROWS_PER_PAGE, cursor=cursor)
         template = "partials/exports_table.html" if _is_htmx(request) else "finance/exports.html"
-        return render(request, template, exports=page, working=any(e.status in {"pending", "running"} for e in page.items))
+        return render(
+            request, template, exports=page, working=any(e.status in {"pending", "running"} for e in page.items)
+        )
 
     @post("/finance/exports", opt={"mirrors": ("createExport",)}, status_code=200)
-    async def create_export(self, request: Request[Any, Any, Any], pool: Pool, export_runner: ExportRunner) -> Response[Any]:
+    async def create_export(
+        self, request: Request[Any, Any, Any], pool: Pool, export_runner: ExportRunner
+    ) -> Response[Any]:
         fields = await _form(request)
         since, until = _window(fields.get("since") or None, fields.get("until") or None)
         values = {"dataset": fields.get("dataset", ""), "format": fields.get("format", "")}

@@ -68,7 +68,7 @@ OUTFLOWS = ("revenue", "breakage", "clawbacks")
 
 
 def flow_rows(report: Any) -> list[tuple[str, int, str]]:
-    """(flow, moments, sign) for the roll-forward's table: + for what came in, − for what went out."""
+    """(flow, moments, sign) for the roll-forward's table: + for what came in, - for what went out."""
     return [(name, getattr(report.flows, name), "+") for name in INFLOWS] + [
         (name, getattr(report.flows, name), MINUS) for name in OUTFLOWS
     ]
@@ -78,7 +78,8 @@ def flow_series(report: Any) -> dict[str, list[Any]]:
     """The period's flows for the chart: inflows upward, outflows downward."""
     return {
         "labels": [name.replace("_", " ") for name in (*INFLOWS, *OUTFLOWS)],
-        "values": [getattr(report.flows, name) for name in INFLOWS] + [-getattr(report.flows, name) for name in OUTFLOWS],
+        "values": [getattr(report.flows, name) for name in INFLOWS]
+        + [-getattr(report.flows, name) for name in OUTFLOWS],
     }
 
 

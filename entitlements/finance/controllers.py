@@ -170,7 +170,12 @@ class FinanceController(Controller):
     async def close_period(self, pool: Pool, caller: TheCaller, data: JSONBody[PeriodClose]) -> PeriodOut:
         return await service.close_period(pool, caller, data.period, seal_head=seal_head)
 
-    @get("/v1/ledger/periods", operation_id="listPeriods", summary="Closed periods, newest first", opt={"roles": ("finance",)})
+    @get(
+        "/v1/ledger/periods",
+        operation_id="listPeriods",
+        summary="Closed periods, newest first",
+        opt={"roles": ("finance",)},
+    )
     async def list_periods(self, pool: Pool, page_limit: PageLimit, cursor: CursorQuery = None) -> PeriodsPage:
         return await service.list_periods(pool, limit=page_limit, cursor=cursor)
 

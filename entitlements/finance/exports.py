@@ -53,7 +53,7 @@ _NDJSON_COPY = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
 _NOT_BEFORE = datetime(1, 1, 1, tzinfo=UTC)
 log = structlog.get_logger("moments.finance.exports")
 Output = Callable[[bytes], Awaitable[None]]
-SealHead = Callable[[asyncpg.Connection], Awaitable[str | None]]
+SealHead = Callable[[ledger.Connection], Awaitable[str | None]]
 
 
 class ExportRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,7 +77,7 @@ def request_of(body: ExportCreate) -> ExportRequest:
 
 
 async def write_export(
-    connection: asyncpg.Connection,
+    connection: ledger.Connection,
     request: ExportRequest,
     output: Output,
     *,
@@ -128,7 +128,7 @@ async def write_export(
 
 
 async def export_to_file(
-    connection: asyncpg.Connection, request: ExportRequest, path: Path, *, statement_timeout_ms: int
+    connection: ledger.Connection, request: ExportRequest, path: Path, *, statement_timeout_ms: int
 ) -> Manifest:
     """The export written to `path`, whole or not at all (written beside it, then renamed)."""
     partial = path.with_name(path.name + ".part")

@@ -31,7 +31,8 @@ ACCOUNT_BALANCE_AT = f"""
     SELECT coalesce(sum(p.amount), 0)::bigint
     FROM ledger_postings p
     JOIN ledger_transactions t ON t.id = p.transaction_id
-    WHERE p.account_id = (SELECT id FROM ledger_accounts WHERE code = $1) AND {_AS_OF.format(at="$2", xid="$3", tid="$4")}
+    WHERE p.account_id = (SELECT id FROM ledger_accounts WHERE code = $1)
+      AND {_AS_OF.format(at="$2", xid="$3", tid="$4")}
 """
 
 # For the roll-forward: per system account, and per kind of user account, the sum of postings dated before

@@ -98,7 +98,7 @@ class AccountBalanceAt(Struct, frozen=True):
 
 
 class Liability(Struct, frozen=True):
-    """What users hold at one instant: available + held − owed."""
+    """What users hold at one instant: available + held - owed."""
 
     available: int
     held: int

@@ -6,10 +6,10 @@ answers None, which manifests and closed periods show as `"seal_head": null`.
 
 from __future__ import annotations
 
-import asyncpg
+import ledger
 
 
-async def seal_head(connection: asyncpg.Connection) -> str | None:
+async def seal_head(connection: ledger.Connection) -> str | None:
     """The head of the seal's chain as the caller's snapshot sees it, or None while nothing is sealed."""
     del connection
     return None

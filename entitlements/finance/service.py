@@ -1,7 +1,7 @@
 """Finance's use cases: the ledger in commit order, balances at a moment, the roll-forward of the moments
 liability, period close, and the price what-if. Exports are in `exports.py`.
 
-The liability is what users hold: available + held − owed, summed over every user's accounts. Since every
+The liability is what users hold: available + held - owed, summed over every user's accounts. Since every
 ledger transaction sums to zero, it is also minus the sum of the system accounts' balances, so its
 movement over a period is read from the system accounts' postings, flow by flow (`build_rollforward`), and
 checked against the users' side at both ends. Every figure of a roll-forward comes from one snapshot
@@ -43,9 +43,15 @@ from entitlements.finance.schemas import (
 from entitlements.keys import Caller
 from entitlements.schemas import aware
 
-SealHead = Callable[[asyncpg.Connection], Awaitable[str | None]]
-SYSTEM_ACCOUNTS = ("system:sales", "system:subscription_grants", "system:promotions", "system:revenue",
-                   "system:expired", "system:clawback")  # fmt: skip
+SealHead = Callable[[ledger.Connection], Awaitable[str | None]]
+SYSTEM_ACCOUNTS = (
+    "system:sales",
+    "system:subscription_grants",
+    "system:promotions",
+    "system:revenue",
+    "system:expired",
+    "system:clawback",
+)
 USER_KINDS = ("user_available", "user_held", "user_debt")
 PERIOD_CURSOR = "p1"
 # A roll-forward or what-if window may not start before this (nothing is older than the service).
@@ -126,9 +132,7 @@ def _liability(sums: Mapping[str, Sums], end: str) -> Liability:
     return Liability(available=available, held=held, owed=-debt, liability=available + held + debt)
 
 
-def build_rollforward(
-    sums: Mapping[str, Sums], *, since: datetime, until: datetime, final: bool
-) -> Rollforward:
+def build_rollforward(sums: Mapping[str, Sums], *, since: datetime, until: datetime, final: bool) -> Rollforward:
     """The roll-forward from each account's sums: pure, so that every identity can be shown to fail."""
 
     def of(code: str) -> Sums:
@@ -153,8 +157,13 @@ def build_rollforward(
     debt_sums = of("user_debt")
     debt = Debt(opening=opening.owed, created=debt_sums.debits, repaid=debt_sums.credits, closing=closing.owed)
     movements = [
-        AccountMovement(account=code, opening=of(code).opening, debits=of(code).debits, credits=of(code).credits,
-                        closing=of(code).closing)  # fmt: skip
+        AccountMovement(
+            account=code,
+            opening=of(code).opening,
+            debits=of(code).debits,
+            credits=of(code).credits,
+            closing=of(code).closing,
+        )
         for code in SYSTEM_ACCOUNTS
     ]
     system_opening = sum(movement.opening for movement in movements)
@@ -225,12 +234,13 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[datetime, d
 
 
 async def _rollforward_in(
-    connection: asyncpg.Connection, since: datetime, until: datetime, *, final: bool
+    connection: ledger.Connection, since: datetime, until: datetime, *, final: bool
 ) -> Rollforward:
     rows = await connection.fetch(queries.ROLLFORWARD_SUMS, since, until)
     sums = {
-        row["account"]: Sums(opening=row["opening"], closing=row["closing"], debits=row["debits"],
-                             credits=row["credits"])  # fmt: skip
+        row["account"]: Sums(
+            opening=row["opening"], closing=row["closing"], debits=row["debits"], credits=row["credits"]
+        )
         for row in rows
     }
     return build_rollforward(sums, since=since, until=until, final=final)
@@ -254,9 +264,9 @@ def rollforward_csv(report: Rollforward) -> str:
     writer.writerow(["until", report.until.isoformat()])
     for name in ("available", "held", "owed", "liability"):
         writer.writerow([f"opening_{name}", getattr(report.opening, name)])
-    for name in msgspec.structs.fields(Flows):
-        sign = "-" if name.name in {"revenue", "breakage", "clawbacks"} else "+"
-        writer.writerow([f"{sign}{name.name}", getattr(report.flows, name.name)])
+    for flow in msgspec.structs.fields(Flows):
+        sign = "-" if flow.name in {"revenue", "breakage", "clawbacks"} else "+"
+        writer.writerow([f"{sign}{flow.name}", getattr(report.flows, flow.name)])
     for name in ("available", "held", "owed", "liability"):
         writer.writerow([f"closing_{name}", getattr(report.closing, name)])
     for name in ("opening", "created", "repaid", "closing"):
@@ -283,7 +293,7 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
     return since, datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
 
 
-async def _still_running_before(connection: asyncpg.Connection, end: datetime) -> str | None:
+async def _still_running_before(connection: ledger.Connection, end: datetime) -> str | None:
     """Why rows dated before `end` could still commit (None: they cannot). The commit horizon has passed
     `end` once no database transaction that began before it is still open: `created_at` is the writing
     transaction's start, so only such a transaction could still commit a row dated before `end`."""
@@ -319,7 +329,9 @@ async def close_period(pool: asyncpg.Pool, caller: Caller, period: str, *, seal_
         # has committed before the snapshot below is taken, so the snapshot holds every row of the period).
         waiting = await _still_running_before(connection, until)
         if waiting is not None:
-            raise Conflict(f"period {period} cannot be closed yet: the commit horizon has not passed its end ({waiting})")
+            raise Conflict(
+                f"period {period} cannot be closed yet: the commit horizon has not passed its end ({waiting})"
+            )
         async with connection.transaction(isolation="repeatable_read"):
             report = await _rollforward_in(connection, since, until, final=True)
             head = await seal_head(connection)
@@ -364,7 +376,8 @@ async def what_if(read: asyncpg.Pool, current: pricing.PriceTable, body: WhatIfC
     """The window's delivered generations priced under the current table and the draft, cell by cell."""
     draft = draft_table(body.table)
     since, until = aware(body.since, "since"), aware(body.until, "until")
-    assert since is not None and until is not None
+    assert since is not None
+    assert until is not None
     if since > until:
         raise ValidationFailed("until", "must not be before since")
     cells: list[WhatIfCell] = []

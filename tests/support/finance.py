@@ -25,12 +25,17 @@ async def backdated_purchase(pool: asyncpg.Pool, user_id: str, amount: int, crea
         )
         await connection.executemany(
             "INSERT INTO ledger_postings (transaction_id, account_id, amount) VALUES ($1, $2, $3)",
-            [(transaction_id, accounts["system:sales"], -amount),
-             (transaction_id, accounts[f"user:{user_id}:available"], amount)],  # fmt: skip
+            [
+                (transaction_id, accounts["system:sales"], -amount),
+                (transaction_id, accounts[f"user:{user_id}:available"], amount),
+            ],
         )
 
 
 async def a_user(pool: asyncpg.Pool, user_id: str) -> None:
     async with L.Ledger(pool) as led:
-        await led.submit(L.Credit(key=f"open-{user_id}", user_id=user_id, actor="test", amount=1, kind="grant",
-                                  category="promotional"))  # fmt: skip
+        await led.submit(
+            L.Credit(
+                key=f"open-{user_id}", user_id=user_id, actor="test", amount=1, kind="grant", category="promotional"
+            )
+        )

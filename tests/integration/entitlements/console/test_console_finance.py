@@ -21,7 +21,9 @@ EXPORT_WAIT_S = 60
 
 @pytest.fixture
 async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
-    async with api_for(database_url, finance_settings={"export_dir": tmp_path, "export_poll_interval_s": 0.2}) as client:
+    async with api_for(
+        database_url, finance_settings={"export_dir": tmp_path, "export_poll_interval_s": 0.2}
+    ) as client:
         yield client
 
 
@@ -38,10 +40,12 @@ async def test_the_rollforward_page_shows_the_flows_its_chart_and_whether_it_tie
     chart = re.search(r'<script type="application/json" id="rollforward-chart-data">(.*?)</script>', page.text, re.S)
     assert chart
     series = json.loads(chart.group(1))
-    assert series["labels"][2] == "promotions" and series["values"][2] == 1
+    assert series["labels"][2] == "promotions"
+    assert series["values"][2] == 1
     assert re.search(r'id="closing-liability">1<', page.text)
     default = await get(api, "/console/finance/rollforward")
-    assert default.status_code == 200 and "Closed periods" in default.text
+    assert default.status_code == 200
+    assert "Closed periods" in default.text
     assert (await get(api, "/console/finance/rollforward", since="yesterday")).status_code == 422
 
 
@@ -71,9 +75,10 @@ async def test_an_export_is_created_followed_and_downloaded_from_the_console(api
     assert download.status_code == 200
     assert hashlib.sha256(download.content).hexdigest() in listed.text
     forged = await api.client.post(
-        "/console/finance/exports", data={"csrf_token": "forged", "dataset": "postings", "format": "csv"},
+        "/console/finance/exports",
+        data={"csrf_token": "forged", "dataset": "postings", "format": "csv"},
         follow_redirects=False,
-    )  # fmt: skip
+    )
     assert forged.status_code == 403
     bad = await api.client.post(
         "/console/finance/exports",
@@ -81,4 +86,5 @@ async def test_an_export_is_created_followed_and_downloaded_from_the_console(api
         headers={"HX-Request": "true"},
         follow_redirects=False,
     )
-    assert bad.status_code == 422 and "dataset" in bad.text
+    assert bad.status_code == 422
+    assert "dataset" in bad.text

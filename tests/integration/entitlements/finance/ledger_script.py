@@ -76,13 +76,20 @@ def operation(script: Script, step: Step) -> L.AnyOperation | None:
     holds, captured = script.open_holds.setdefault(user_id, []), script.captured.setdefault(user_id, [])
     if step.op == "credit":
         expires_at = script.clock + timedelta(days=1) if step.expiring else None
-        return L.Credit(**common, amount=step.amount, kind=CATEGORY_KIND[step.category],  # type: ignore[arg-type]
-                        category=step.category, expires_at=expires_at)  # type: ignore[arg-type]  # fmt: skip
+        return L.Credit(
+            **common,
+            amount=step.amount,
+            kind=CATEGORY_KIND[step.category],  # type: ignore[arg-type]
+            category=step.category,
+            expires_at=expires_at,
+        )  # type: ignore[arg-type]
     if step.op == "hold":
         return L.Hold(**common, amount=step.amount, expires_at=script.clock + timedelta(days=30))
     if step.op == "capture" and holds:
         hold_id, amount = holds[0]
-        return L.Capture(**common, hold_id=hold_id, amount=None if step.part >= 100 else max(1, amount * step.part // 100))
+        return L.Capture(
+            **common, hold_id=hold_id, amount=None if step.part >= 100 else max(1, amount * step.part // 100)
+        )
     if step.op == "void" and holds:
         return L.Void(**common, hold_id=holds[0][0])
     if step.op == "refund" and captured:
@@ -107,7 +114,9 @@ async def run(pool: asyncpg.Pool, led: L.Ledger, script: Script, steps: Sequence
             written = await connection.fetchval(
                 "SELECT array_agg(id ORDER BY id) FROM ledger_transactions WHERE written_by_xid = pg_current_xact_id()"
             )
-            cached = await connection.fetchrow("SELECT available, held, owed FROM ledger_balances WHERE user_id = $1", op.user_id)
+            cached = await connection.fetchrow(
+                "SELECT available, held, owed FROM ledger_balances WHERE user_id = $1", op.user_id
+            )
         for transaction_id in written or []:
             assert cached is not None
             balances = L.Balances(available=cached["available"], held=cached["held"], owed=cached["owed"])
@@ -121,7 +130,9 @@ async def run(pool: asyncpg.Pool, led: L.Ledger, script: Script, steps: Sequence
             if isinstance(op, L.Capture):
                 script.captured[op.user_id].append(op.hold_id)
         assert (outcome.available, outcome.held, outcome.owed) == (
-            script.moments[-1].balances.available, script.moments[-1].balances.held, script.moments[-1].balances.owed
+            script.moments[-1].balances.available,
+            script.moments[-1].balances.held,
+            script.moments[-1].balances.owed,
         )
     rows = await pool.fetch(
         "SELECT id, created_at, written_by_xid::text AS xid FROM ledger_transactions WHERE id = ANY($1::bigint[])",
@@ -130,5 +141,7 @@ async def run(pool: asyncpg.Pool, led: L.Ledger, script: Script, steps: Sequence
     found = {row["id"]: row for row in rows}
     for moment in script.moments:
         moment.created_at = found[moment.transaction_id]["created_at"]
-        moment.position = L.CommitPosition(xid=int(found[moment.transaction_id]["xid"]), transaction_id=moment.transaction_id)
+        moment.position = L.CommitPosition(
+            xid=int(found[moment.transaction_id]["xid"]), transaction_id=moment.transaction_id
+        )
     return script

@@ -19,7 +19,7 @@ import ledger as L
 from entitlements.finance import service
 from tests.integration.entitlements.finance.ledger_script import Script, Step, run
 from tests.support.database import clone_database, drop_database, dsn_with_database
-from tests.support.http import Api, api_for
+from tests.support.http import api_for
 
 USERS = ("alice", "bob", "carol")
 SCRIPT = [
@@ -91,12 +91,15 @@ async def test_a_rollforward_inside_the_script_with_holds_open_across_its_end_ti
     until = script.moments[-2].created_at + timedelta(microseconds=1)
     report = await service.rollforward(pool, since=since, until=until)
     assert report.ties, report.failing
-    assert report.opening.held == 60 and report.closing.held == 10
+    assert report.opening.held == 60
+    assert report.closing.held == 10
     assert report.opening.liability == script.liability_before(since)
     assert report.closing.liability == script.liability_before(until)
     flows = report.flows
-    assert flows.subscription_grants == 30 and flows.sold == 20
-    assert flows.revenue == 20 and flows.refunds_to_users == 1
+    assert flows.subscription_grants == 30
+    assert flows.sold == 20
+    assert flows.revenue == 20
+    assert flows.refunds_to_users == 1
     assert flows.clawbacks == 45
     assert report.debt == type(report.debt)(opening=0, created=15, repaid=15, closing=0)
     # Bob's promotional 50: the 30 left of the lot expire, then the void gives the 20 his hold drew back to
@@ -110,7 +113,8 @@ async def test_the_rollforward_through_http_in_json_and_csv(database_url: str, s
     until = (script.moments[-1].created_at + timedelta(seconds=1)).isoformat()
     async with api_for(database_url, finance_settings={"export_dir": tmp_path}) as api:
         report = (await api.get("/v1/ledger/rollforward", "finance", since=since, until=until)).json()
-        assert report["ties"] is True and report["failing"] == []
+        assert report["ties"] is True
+        assert report["failing"] == []
         assert report["opening"]["liability"] == 0
         response = await api.get("/v1/ledger/rollforward", "finance", since=since, until=until, format="csv")
         assert response.headers["content-type"].startswith("text/csv")
@@ -118,7 +122,8 @@ async def test_the_rollforward_through_http_in_json_and_csv(database_url: str, s
         assert int(rows["closing_liability"]) == report["closing"]["liability"]
         assert rows["ties"] == "true"
         missing = await api.get("/v1/ledger/rollforward", "finance", since=since)
-        assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "until"
+        assert missing.status_code == 422
+        assert missing.json()["errors"][0]["field"] == "until"
         backwards = await api.get("/v1/ledger/rollforward", "finance", since=until, until=since)
         assert backwards.status_code == 422
         assert (await api.get("/v1/ledger/rollforward", "support", since=since, until=until)).status_code == 403
@@ -130,8 +135,14 @@ async def test_balances_through_http(database_url: str, script: Script, tmp_path
     async with api_for(database_url, finance_settings={"export_dir": tmp_path}) as api:
         for role in ("support", "finance"):
             answer = (await api.get("/v1/users/alice/balance", role, at=at)).json()
-            assert answer == {"user_id": "alice", "at": answer["at"], "position": None, "available": 60, "held": 40,
-                              "owed": 0}  # fmt: skip
+            assert answer == {
+                "user_id": "alice",
+                "at": answer["at"],
+                "position": None,
+                "available": 60,
+                "held": 40,
+                "owed": 0,
+            }
         assert (await api.get("/v1/users/alice/balance", "service")).status_code == 403
         assert moment.position is not None
         cursor = L.encode_position(moment.position)
@@ -140,9 +151,11 @@ async def test_balances_through_http(database_url: str, script: Script, tmp_path
         both = await api.get("/v1/users/alice/balance", "finance", at=at, position=cursor)
         assert both.status_code == 422
         forged = await api.get("/v1/users/alice/balance", "finance", position="AAAA")
-        assert forged.status_code == 422 and forged.json()["errors"][0]["field"] == "position"
+        assert forged.status_code == 422
+        assert forged.json()["errors"][0]["field"] == "position"
         far = await api.get("/v1/users/alice/balance", "finance", at="9999-12-31T23:59:59Z")
-        assert far.status_code == 200 and far.json()["held"] == 10
+        assert far.status_code == 200
+        assert far.json()["held"] == 10
         nobody = (await api.get("/v1/users/nobody/balance", "finance")).json()
         assert (nobody["available"], nobody["held"], nobody["owed"]) == (0, 0, 0)
         sales = (await api.get("/v1/ledger/accounts/system:sales/balance", "finance", at=at)).json()
@@ -199,7 +212,8 @@ async def _random_sequence_ties(admin_dsn: str, template: str, steps: list[Step]
             assert report.opening.liability == script.liability_before(since)
             assert report.closing.liability == script.liability_before(until)
             whole = await service.rollforward(pool, since=moments[0], until=moments[-1] + timedelta(seconds=1))
-            assert whole.ties and whole.opening.liability == 0
+            assert whole.ties
+            assert whole.opening.liability == 0
             assert whole.closing.liability == script.liability_before(moments[-1] + timedelta(seconds=1))
         finally:
             await pool.close()

@@ -30,8 +30,9 @@ async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
 
 
 def credit(key: str, user_id: str = "u1", amount: int = 5, reason: str | None = None) -> L.Credit:
-    return L.Credit(key=key, user_id=user_id, actor="test", amount=amount, kind="purchase", category="paid",
-                    reason=reason)  # fmt: skip
+    return L.Credit(
+        key=key, user_id=user_id, actor="test", amount=amount, kind="purchase", category="paid", reason=reason
+    )
 
 
 async def read_feed(api: Api, after: str | None, limit: int = 2) -> tuple[list[int], str | None]:
@@ -59,7 +60,8 @@ async def test_the_feed_waits_for_a_late_commit_with_a_lower_id_then_hands_it_ou
             transaction = late.transaction()
             await transaction.start()
             (written,) = await led.execute_in(late, [credit("late")])
-            assert isinstance(written, L.Result) and written.transaction_id is not None
+            assert isinstance(written, L.Result)
+            assert written.transaction_id is not None
             for n in range(4):
                 await led.submit(credit(f"after-{n}", user_id=f"u{n + 2}"))
             newer, after = await read_feed(api, after)
@@ -122,8 +124,7 @@ async def export(api: Api, body: dict[str, Any]) -> tuple[dict[str, Any], bytes]
 async def some_ledger(pool: asyncpg.Pool) -> None:
     async with L.Ledger(pool) as led:
         await led.submit(credit("c1", amount=100, reason='a "quoted", comma\nand a new line'))
-        held = await led.submit(L.Hold(key="h1", user_id="u1", actor="test", amount=30,
-                                       expires_at=_later()))  # fmt: skip
+        held = await led.submit(L.Hold(key="h1", user_id="u1", actor="test", amount=30, expires_at=_later()))
         assert held.hold_id is not None
         await led.submit(L.Capture(key="cap1", user_id="u1", actor="test", hold_id=held.hold_id, amount=20))
         await led.submit(credit("c2", user_id="ü-2", amount=9))
@@ -148,13 +149,16 @@ async def test_a_postings_csv_export_matches_the_ledger_and_its_manifest(api: Ap
     assert manifest["rows"] == len(rows) == await pool.fetchval("SELECT count(*) FROM ledger_postings")
     assert sum(int(row["amount"]) for row in rows) == 0
     assert manifest["after"] is None
-    in_commit_order = await pool.fetch("SELECT id, written_by_xid::text AS xid FROM ledger_transactions ORDER BY written_by_xid, id")
+    in_commit_order = await pool.fetch(
+        "SELECT id, written_by_xid::text AS xid FROM ledger_transactions ORDER BY written_by_xid, id"
+    )
     last = in_commit_order[-1]
     assert manifest["through"] == L.encode_position(L.CommitPosition(xid=int(last["xid"]), transaction_id=last["id"]))
     assert list(dict.fromkeys(int(row["transaction_id"]) for row in rows)) == [row["id"] for row in in_commit_order]
     transactions, body = await export(api, {"dataset": "transactions", "format": "csv"})
     positions = [L.decode_position(row["commit_position"]) for row in csv.DictReader(io.StringIO(body.decode()))]
-    assert positions == sorted(positions) and transactions["manifest"]["through"] == manifest["through"]
+    assert positions == sorted(positions)
+    assert transactions["manifest"]["through"] == manifest["through"]
 
 
 async def test_a_transactions_ndjson_export_holds_every_immutable_field(api: Api, pool: asyncpg.Pool) -> None:
@@ -170,10 +174,12 @@ async def test_a_transactions_ndjson_export_holds_every_immutable_field(api: Api
         {"account": "system:sales", "amount": -100},
         {"account": "user:u1:available", "amount": 100},
     ]
-    assert first["created_at"].endswith("Z") and len(first["created_at"]) == len("2026-11-01T00:00:00.000000Z")
+    assert first["created_at"].endswith("Z")
+    assert len(first["created_at"]) == len("2026-11-01T00:00:00.000000Z")
     row = await pool.fetchrow("SELECT * FROM ledger_transactions WHERE id = $1", first["transaction_id"])
     assert first["idempotency_key"] == row["idempotency_key"]
-    assert first["actor"] == row["actor"] and first["user_id"] == row["user_id"]
+    assert first["actor"] == row["actor"]
+    assert first["user_id"] == row["user_id"]
     assert first["reverses_transaction_id"] is None
     from datetime import datetime
 
@@ -223,12 +229,11 @@ async def test_an_export_of_a_window_holds_only_transactions_dated_in_it(api: Ap
     await some_ledger(pool)
     ids = await pool.fetch("SELECT id, created_at FROM ledger_transactions ORDER BY id")
     since = ids[1]["created_at"]
-    status, body = await export(
-        api, {"dataset": "transactions", "format": "csv", "since": since.isoformat()}
-    )
+    status, _body = await export(api, {"dataset": "transactions", "format": "csv", "since": since.isoformat()})
     assert status["manifest"]["rows"] == len([row for row in ids if row["created_at"] >= since])
     empty, empty_body = await export(api, {"dataset": "postings", "format": "ndjson", "until": "2001-01-01T00:00:00Z"})
-    assert empty["manifest"]["rows"] == 0 and empty_body == b""
+    assert empty["manifest"]["rows"] == 0
+    assert empty_body == b""
     assert empty["manifest"]["through"] is None
     assert empty["manifest"]["sha256"] == hashlib.sha256(b"").hexdigest()
 
@@ -239,8 +244,10 @@ async def test_an_export_of_a_window_holds_only_transactions_dated_in_it(api: Ap
         ({"dataset": "ledger", "format": "csv"}, "dataset"),
         ({"dataset": "postings", "format": "xlsx"}, "format"),
         ({"dataset": "postings", "format": "csv", "after": "forged"}, "after"),
-        ({"dataset": "postings", "format": "csv", "since": "2026-12-01T00:00:00Z", "until": "2026-11-01T00:00:00Z"},
-         "until"),
+        (
+            {"dataset": "postings", "format": "csv", "since": "2026-12-01T00:00:00Z", "until": "2026-11-01T00:00:00Z"},
+            "until",
+        ),
         ({"dataset": "postings", "format": "csv", "extra": 1}, "extra"),
     ],
 )
@@ -270,5 +277,6 @@ async def test_exports_are_listed_newest_first_and_paged(api: Api) -> None:
     first = (await api.get("/v1/ledger/exports", "finance", limit=2)).json()
     assert len(first["items"]) == 2
     rest = (await api.get("/v1/ledger/exports", "finance", limit=2, cursor=first["next_cursor"])).json()
-    assert len(rest["items"]) == 1 and rest["next_cursor"] is None
+    assert len(rest["items"]) == 1
+    assert rest["next_cursor"] is None
     assert (await api.get("/v1/ledger/exports", "finance", cursor="forged")).status_code == 422

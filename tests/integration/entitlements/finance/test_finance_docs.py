@@ -66,7 +66,8 @@ async def test_the_documented_procedure_reproduces_last_months_closing_liability
             timeout=PROCEDURE_S_MAX,
         )
         assert ran.returncode == 0, ran.stdout + ran.stderr + api.log_tail()
-    assert "postings.ndjson: OK" in ran.stdout and "everything.ndjson: OK" in ran.stdout
+    assert "postings.ndjson: OK" in ran.stdout
+    assert "everything.ndjson: OK" in ran.stdout
     assert "opening 500 + change 111 = 611; the roll-forward's closing: 611" in ran.stdout
     lines = (work / "postings.ndjson").read_text().splitlines()
     assert len(lines) == 6
@@ -74,9 +75,24 @@ async def test_the_documented_procedure_reproduces_last_months_closing_liability
     # `moments export` writes the same bytes from the same ledger.
     manifest_path, body_path = tmp_path / "manifest.json", tmp_path / "cli.ndjson"
     cli = subprocess.run(
-        [sys.executable, "-m", "entitlements.cli", "export", "--dataset", "postings", "--format", "ndjson",
-         "--since", last_month.isoformat(), "--until", this_month.isoformat(), "--output", str(body_path),
-         "--manifest", str(manifest_path)],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "entitlements.cli",
+            "export",
+            "--dataset",
+            "postings",
+            "--format",
+            "ndjson",
+            "--since",
+            last_month.isoformat(),
+            "--until",
+            this_month.isoformat(),
+            "--output",
+            str(body_path),
+            "--manifest",
+            str(manifest_path),
+        ],
         cwd=ROOT,
         env=os.environ | {"DATABASE_URL": database_url},
         capture_output=True,
@@ -105,7 +121,8 @@ async def test_moments_export_to_stdout_with_the_manifest_on_stderr(pool: asyncp
     manifest = json.loads(cli.stderr)
     import hashlib
 
-    assert manifest["sha256"] == hashlib.sha256(cli.stdout).hexdigest() and manifest["rows"] == 1
+    assert manifest["sha256"] == hashlib.sha256(cli.stdout).hexdigest()
+    assert manifest["rows"] == 1
     assert cli.stdout.startswith(b"transaction_id,kind,idempotency_key,user_id,")
     bad = subprocess.run(
         [sys.executable, "-m", "entitlements.cli", "export", "--after", "forged"],
@@ -115,4 +132,5 @@ async def test_moments_export_to_stdout_with_the_manifest_on_stderr(pool: asyncp
         text=True,
         timeout=PROCEDURE_S_MAX,
     )
-    assert bad.returncode == 1 and "after" in bad.stderr
+    assert bad.returncode == 1
+    assert "after" in bad.stderr

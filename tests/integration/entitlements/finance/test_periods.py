@@ -31,14 +31,19 @@ async def test_a_past_period_closes_once_frozen_with_its_rollforward(api: Api, p
     closed = await api.post("/v1/ledger/periods", "finance", {"period": "2026-10"})
     assert closed.status_code == 201, closed.text
     period = closed.json()
-    assert period["period"] == "2026-10" and period["seal_head"] is None
-    assert period["since"].startswith("2026-10-01T00:00:00") and period["until"].startswith("2026-11-01T00:00:00")
+    assert period["period"] == "2026-10"
+    assert period["seal_head"] is None
+    assert period["since"].startswith("2026-10-01T00:00:00")
+    assert period["until"].startswith("2026-11-01T00:00:00")
     report = period["report"]
-    assert report["ties"] and report["final"]
-    assert report["opening"]["liability"] == 100 and report["flows"]["sold"] == 40
+    assert report["ties"]
+    assert report["final"]
+    assert report["opening"]["liability"] == 100
+    assert report["flows"]["sold"] == 40
     assert report["closing"]["liability"] == 140
     again = await api.post("/v1/ledger/periods", "finance", {"period": "2026-10"})
-    assert again.status_code == 409 and "already closed" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "already closed" in again.json()["detail"]
 
     # A row dated inside the closed period appears later (only a superuser could write one): the closed
     # period keeps what it was closed with; the roll-forward computed afresh shows the difference.
@@ -59,7 +64,8 @@ async def test_periods_are_listed_newest_first_and_paged(api: Api) -> None:
     first = (await api.get("/v1/ledger/periods", "finance", limit=2)).json()
     assert [item["period"] for item in first["items"]] == ["2026-08", "2026-07"]
     rest = (await api.get("/v1/ledger/periods", "finance", limit=2, cursor=first["next_cursor"])).json()
-    assert [item["period"] for item in rest["items"]] == ["2026-06"] and rest["next_cursor"] is None
+    assert [item["period"] for item in rest["items"]] == ["2026-06"]
+    assert rest["next_cursor"] is None
     assert (await api.get("/v1/ledger/periods", "finance", cursor="forged")).status_code == 422
 
 
@@ -85,7 +91,8 @@ async def test_a_transaction_that_began_before_the_end_and_is_still_open_holds_t
         async with pool.acquire() as checker:
             end = await checker.fetchval("SELECT clock_timestamp()")
             waiting = await service._still_running_before(checker, end)
-            assert waiting is not None and "still open" in waiting
+            assert waiting is not None
+            assert "still open" in waiting
             await transaction.commit()
             assert await service._still_running_before(checker, end) is None
     finally:

@@ -37,7 +37,9 @@ def window() -> dict[str, str]:
 async def delivered(api: Api, pool: asyncpg.Pool, request: dict, status: str = "succeeded") -> None:
     generation = await create_ok(api, "maker", request)
     if status == "failed":
-        await pool.execute("UPDATE generations SET status = 'failed', error = 'test' WHERE id = $1::uuid", generation["id"])
+        await pool.execute(
+            "UPDATE generations SET status = 'failed', error = 'test' WHERE id = $1::uuid", generation["id"]
+        )
     else:
         await pool.execute(
             "UPDATE generations SET status = 'succeeded', video_path = 'x.mp4' WHERE id = $1::uuid", generation["id"]
@@ -54,19 +56,30 @@ async def test_the_draft_is_priced_cell_by_cell_beside_the_current_table(api: Ap
     response = await api.post("/v1/pricing/what-if", "finance", {"table": DRAFT, **window()})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["current_version"] == "2026-11-01" and answer["draft_version"] == "2027-01-draft"
+    assert answer["current_version"] == "2026-11-01"
+    assert answer["draft_version"] == "2027-01-draft"
     cells = {(c["mode"], c["resolution"], c["duration_s"], c["audio"]): c for c in answer["cells"]}
     assert cells[("advanced", "720p", 5, True)] | {} == {
-        "mode": "advanced", "resolution": "720p", "duration_s": 5, "audio": True, "generations": 2,
-        "current": 1100, "draft": 1200, "difference": 100,
-    }  # fmt: skip
+        "mode": "advanced",
+        "resolution": "720p",
+        "duration_s": 5,
+        "audio": True,
+        "generations": 2,
+        "current": 1100,
+        "draft": 1200,
+        "difference": 100,
+    }
     assert (cells[("adult", "720p", 8, False)]["current"], cells[("adult", "720p", 8, False)]["draft"]) == (600, 650)
     no_480p = cells[("advanced", "480p", 4, False)]
     assert (no_480p["current"], no_480p["draft"], no_480p["difference"]) == (200, None, None)
     assert answer["total"] == {
-        "generations": 4, "current": 1900, "draft": 1850, "difference": -50, "unpriced_current": 0,
+        "generations": 4,
+        "current": 1900,
+        "draft": 1850,
+        "difference": -50,
+        "unpriced_current": 0,
         "unpriced_draft": 1,
-    }  # fmt: skip
+    }
     # Never published: quotes still come from the current table.
     assert (await api.get("/v1/pricing", "service")).json()["version"] == "2026-11-01"
 
@@ -87,14 +100,16 @@ async def test_a_draft_is_validated_exactly_like_a_published_table(api: Api, tab
     response = await api.post("/v1/pricing/what-if", "finance", {"table": table, **window()})
     assert response.status_code == 422, response.text
     problem = response.json()
-    assert problem["errors"][0]["field"] == "table" and says in problem["detail"]
+    assert problem["errors"][0]["field"] == "table"
+    assert says in problem["detail"]
 
 
 async def test_what_if_refuses_a_backwards_window_and_other_roles(api: Api) -> None:
     now = datetime.now(UTC).isoformat()
     earlier = (datetime.now(UTC) - timedelta(days=1)).isoformat()
     response = await api.post("/v1/pricing/what-if", "finance", {"table": CURRENT, "since": now, "until": earlier})
-    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "until"
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "until"
     assert (await api.post("/v1/pricing/what-if", "support", {"table": CURRENT, **window()})).status_code == 403
     missing = await api.post("/v1/pricing/what-if", "finance", {"table": CURRENT})
     assert missing.status_code == 422

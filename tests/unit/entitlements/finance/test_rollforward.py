@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from entitlements.finance.service import Sums, build_rollforward, period_bounds, rollforward_csv
 from entitlements.errors import ValidationFailed
+from entitlements.finance.service import Sums, build_rollforward, period_bounds, rollforward_csv
 
 SINCE, UNTIL = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
 # A month: 100 sold before it; in it 50 sold, 20 promoted, 30 captured (2 refunded), 5 expired, and a
@@ -29,11 +29,13 @@ CONSISTENT = {
 
 def test_a_consistent_ledger_ties_with_each_flow_where_it_belongs() -> None:
     report = build_rollforward(CONSISTENT, since=SINCE, until=UNTIL, final=True)
-    assert report.ties and report.failing == []
+    assert report.ties
+    assert report.failing == []
     assert report.opening.liability == 100
     assert (report.flows.sold, report.flows.promotions, report.flows.refunds_to_users) == (50, 20, 2)
     assert (report.flows.revenue, report.flows.breakage, report.flows.clawbacks) == (30, 5, 40)
-    assert report.inflows == 72 and report.outflows == 75
+    assert report.inflows == 72
+    assert report.outflows == 75
     assert report.closing.liability == 100 + 72 - 75 == report.closing.available + 6 - 6
     assert report.debt.opening + report.debt.created - report.debt.repaid == report.debt.closing == 6
 
@@ -64,8 +66,11 @@ def test_the_csv_says_the_same_as_the_json() -> None:
     rows = list(csv.reader(io.StringIO(rollforward_csv(report))))
     assert rows[0] == ["item", "moments"]
     items = dict(rows[1:])
-    assert int(items["opening_liability"]) == 100 and int(items["closing_liability"]) == report.closing.liability
-    assert items["+sold"] == "50" and items["-revenue"] == "30" and items["system:sales:debits"] == "50"
+    assert int(items["opening_liability"]) == 100
+    assert int(items["closing_liability"]) == report.closing.liability
+    assert items["+sold"] == "50"
+    assert items["-revenue"] == "30"
+    assert items["system:sales:debits"] == "50"
     assert (items["ties"], items["final"], items["ties:debt"]) == ("true", "false", "true")
 
 
