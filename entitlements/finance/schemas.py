@@ -14,8 +14,8 @@ from entitlements.schemas import Struct
 Dataset = Literal["transactions", "postings"]
 ExportFormat = Literal["csv", "ndjson"]
 ExportStatus = Literal["pending", "running", "done", "failed"]
-# A period is a calendar month in UTC.
-PERIOD_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+# A period is a calendar month in UTC, of the years 2000-9998 (the month after 9998-12 still has a date).
+PERIOD_PATTERN = r"^(2[0-9]{3}|[3-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$"
 # A draft price table is TOML text; the request body's own limit (REQUEST_BODY_BYTES_MAX) bounds it too.
 PRICE_TABLE_CHARS_MAX = 60_000
 Position = Annotated[str, msgspec.Meta(min_length=1, max_length=ledger.CURSOR_CHARS_MAX)]

@@ -54,9 +54,8 @@ SYSTEM_ACCOUNTS = (
 )
 USER_KINDS = ("user_available", "user_held", "user_debt")
 PERIOD_CURSOR = "p1"
-# A roll-forward or what-if window may not start before this (nothing is older than the service).
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-PERIOD_YEAR_MAX = 9998
+# The years a period may be of (the schema's pattern says the same).
+PERIOD_YEAR_MIN, PERIOD_YEAR_MAX = 2000, 9998
 
 
 # --- The feed ------------------------------------------------------------------------------------------
@@ -228,8 +227,11 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[datetime, d
         raise ValidationFailed("since", "is required: the period's first instant, RFC 3339")
     if until is None:
         raise ValidationFailed("until", "is required: the instant after the period, RFC 3339")
-    if since < EARLIEST:
-        raise ValidationFailed("since", f"must not be before {EARLIEST.date().isoformat()}")
+    since, until = aware(since, "since"), aware(until, "until")
+    assert since is not None
+    assert until is not None
+    if since > until:
+        raise ValidationFailed("until", "must not be before since")
     return since, until
 
 
@@ -287,8 +289,8 @@ def rollforward_csv(report: Rollforward) -> str:
 def period_bounds(period: str) -> tuple[datetime, datetime]:
     """A month "2026-11" as [its first instant, the next month's first instant), UTC."""
     year, month = int(period[:4]), int(period[5:7])
-    if not EARLIEST.year <= year <= PERIOD_YEAR_MAX:
-        raise ValidationFailed("period", f"must be a month of the years {EARLIEST.year}-{PERIOD_YEAR_MAX}")
+    if not PERIOD_YEAR_MIN <= year <= PERIOD_YEAR_MAX:
+        raise ValidationFailed("period", f"must be a month of the years {PERIOD_YEAR_MIN}-{PERIOD_YEAR_MAX}")
     since = datetime(year, month, 1, tzinfo=UTC)
     return since, datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
 

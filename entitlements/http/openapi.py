@@ -230,6 +230,12 @@ def _complete_operation(
     operation["description"] = (description.rstrip() + "\n\n" if description else "") + _roles_line(handler)
 
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    for response in responses.values():
+        # Litestar documents a file's Last-Modified as an RFC 3339 date-time; it is an HTTP-date (RFC 9110).
+        modified = response.get("headers", {}).get("last-modified") if isinstance(response, dict) else None
+        if isinstance(modified, dict) and isinstance(modified.get("schema"), dict):
+            modified["schema"] = {"type": "string", "description": "An HTTP-date: Wed, 02 Dec 2026 04:03:27 GMT."}
+            modified["description"] = "When the file last changed (RFC 9110 HTTP-date)"
     for media_type, content in EXTRA_RESPONSE_CONTENT.get(operation_id, {}).items():
         success = responses.setdefault("200", {"description": "OK"})
         success.setdefault("content", {})[media_type] = copy.deepcopy(content)

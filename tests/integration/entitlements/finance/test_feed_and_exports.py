@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -265,9 +266,9 @@ async def test_an_unknown_export_is_404_and_the_file_of_an_unfinished_one_409(ap
     await pool.execute(
         "INSERT INTO finance_exports (id, dataset, format, status, requested_by, lease_until) "
         "VALUES ($1, 'postings', 'csv', 'running', 'test', now() + interval '1 hour')",
-        __import__("uuid").UUID(int=1),
+        uuid.UUID(int=1),
     )
-    response = await api.get(f"/v1/ledger/exports/{__import__('uuid').UUID(int=1)}/file", "finance")
+    response = await api.get(f"/v1/ledger/exports/{uuid.UUID(int=1)}/file", "finance")
     assert response.status_code == 409
 
 
@@ -280,3 +281,52 @@ async def test_exports_are_listed_newest_first_and_paged(api: Api) -> None:
     assert len(rest["items"]) == 1
     assert rest["next_cursor"] is None
     assert (await api.get("/v1/ledger/exports", "finance", cursor="forged")).status_code == 422
+
+
+async def wait_for(api: Api, export_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(EXPORT_WAIT_S):
+        while True:
+            status: dict[str, Any] = (await api.get(f"/v1/ledger/exports/{export_id}", "finance")).json()
+            if status["status"] in {"done", "failed"}:
+                return status
+            await asyncio.sleep(0.05)
+
+
+async def test_an_export_left_running_by_a_process_that_died_is_taken_over_once_its_lease_ran_out(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    await some_ledger(pool)
+    orphan = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO finance_exports (id, dataset, format, status, requested_by, lease_until) "
+        "VALUES ($1, 'transactions', 'ndjson', 'running', 'test', now() - interval '1 second')",
+        orphan,
+    )
+    held = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO finance_exports (id, dataset, format, status, requested_by, lease_until) "
+        "VALUES ($1, 'transactions', 'ndjson', 'running', 'test', now() + interval '1 hour')",
+        held,
+    )
+    status = await wait_for(api, str(orphan))
+    assert status["status"] == "done"
+    assert status["manifest"]["rows"] == 4
+    # One whose lease is still good belongs to its (living) process: nobody else touches it.
+    still = (await api.get(f"/v1/ledger/exports/{held}", "finance")).json()
+    assert still["status"] == "running"
+
+
+async def test_an_export_that_cannot_be_written_fails_with_why_and_leaves_no_file(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the exports' directory should be")
+    async with api_for(database_url, finance_settings={"export_dir": blocked, "export_poll_interval_s": 0.2}) as api:
+        created = await api.post("/v1/ledger/exports", "finance", {"dataset": "postings", "format": "csv"})
+        status = await wait_for(api, created.json()["id"])
+        assert status["status"] == "failed"
+        assert status["manifest"] is None
+        assert "Error" in status["error"]
+        file = await api.get(f"/v1/ledger/exports/{status['id']}/file", "finance")
+        assert file.status_code == 409
+    assert blocked.read_text().startswith("a file")
