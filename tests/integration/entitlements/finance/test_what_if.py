@@ -113,3 +113,18 @@ async def test_what_if_refuses_a_backwards_window_and_other_roles(api: Api) -> N
     assert (await api.post("/v1/pricing/what-if", "support", {"table": CURRENT, **window()})).status_code == 403
     missing = await api.post("/v1/pricing/what-if", "finance", {"table": CURRENT})
     assert missing.status_code == 422
+
+
+async def test_a_draft_at_the_size_limit_is_read_and_one_past_it_is_refused(api: Api) -> None:
+    from entitlements.finance.schemas import PRICE_TABLE_CHARS_MAX
+
+    # Long comment lines: few characters that JSON escapes, so the body stays within REQUEST_BODY_BYTES_MAX.
+    padding = "#" + "x" * 998 + "\n"
+    at_limit = CURRENT + padding * ((PRICE_TABLE_CHARS_MAX - len(CURRENT)) // len(padding))
+    at_limit += "#" * (PRICE_TABLE_CHARS_MAX - len(at_limit))
+    assert len(at_limit) == PRICE_TABLE_CHARS_MAX
+    response = await api.post("/v1/pricing/what-if", "finance", {"table": at_limit, **window()})
+    assert response.status_code == 200, response.text
+    past = await api.post("/v1/pricing/what-if", "finance", {"table": at_limit + "#", **window()})
+    assert past.status_code == 422
+    assert past.json()["errors"][0]["field"] == "table"
