@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Annotated, Literal, cast
 
@@ -122,7 +123,8 @@ class FinanceController(Controller):
             path=path,
             media_type=exports.MEDIA_TYPES[export.format],
             filename=path.name,
-            headers={"Digest": f"sha-256={export.manifest.sha256}"},
+            # RFC 3230's Digest carries the hash in base64; the manifest has it in hex, as sha256sum prints it.
+            headers={"Digest": "sha-256=" + base64.b64encode(bytes.fromhex(export.manifest.sha256)).decode()},
         )
 
     @get(

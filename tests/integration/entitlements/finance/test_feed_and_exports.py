@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import hashlib
 import io
@@ -119,6 +120,8 @@ async def export(api: Api, body: dict[str, Any]) -> tuple[dict[str, Any], bytes]
     assert status["status"] == "done", status
     response = await api.get(f"/v1/ledger/exports/{export_id}/file", "finance")
     assert response.status_code == 200
+    digest = base64.b64encode(hashlib.sha256(response.content).digest()).decode()
+    assert response.headers["digest"] == f"sha-256={digest}"
     return status, response.content
 
 
