@@ -1,5 +1,5 @@
-"""`python -m bench`: every benchmark, one after another (the ledger's, HTTP's, prompt advice's, then the
-export's); each takes the options it knows (`--repeat`, `--duration-s`, `--fast`, ...) and leaves the
+"""`python -m bench`: every benchmark, one after another (the ledger's, the seal's, HTTP's, prompt
+advice's, then the export's); each takes the options it knows (`--repeat`, `--duration-s`, `--fast`, ...) and leaves the
 others' alone."""
 
 from __future__ import annotations
@@ -10,8 +10,15 @@ from bench.advice.run import main as advice_main
 from bench.export.run import main as export_main
 from bench.http.run import main as http_main
 from bench.ledger.run import main as ledger_main
+from bench.seal.run import main as seal_main
 
-BENCHMARKS = {"ledger": ledger_main, "http": http_main, "advice": advice_main, "export": export_main}
+BENCHMARKS = {
+    "ledger": ledger_main,
+    "seal": seal_main,
+    "http": http_main,
+    "advice": advice_main,
+    "export": export_main,
+}
 
 
 def main(argv: list[str]) -> int:

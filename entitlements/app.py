@@ -25,7 +25,19 @@ from litestar.template.config import TemplateConfig
 
 import ledger
 import pricing
-from entitlements import accounts, approvals, billing, console, finance, generations, keys, prompts, quotes
+from entitlements import (
+    accounts,
+    approvals,
+    billing,
+    console,
+    finance,
+    generations,
+    keys,
+    limits,
+    prompts,
+    quotes,
+    seal,
+)
 from entitlements.accounts.controllers import AccountsController
 from entitlements.approvals.controllers import ApprovalsController
 from entitlements.billing.controllers import BillingController
@@ -44,11 +56,14 @@ from entitlements.http import (
 from entitlements.http.controllers import HealthController
 from entitlements.http.dependencies import resolve_dependencies_in_order
 from entitlements.http.hooks import before_request
-from entitlements.http.observability import request_logging_middleware
+from entitlements.http.limits import POLICIES_STATE_KEY
+from entitlements.http.observability import observe_ledger_batch, request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
+from entitlements.http.semantics import http_semantics
 from entitlements.keys.controllers import KeysController
 from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
+from entitlements.seal.controllers import SealController
 from entitlements.settings import ConsoleSettings, GenerationSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
 from generation_client import WorkerClient
@@ -58,7 +73,7 @@ from generation_client.logs import configure_logging
 # Stripe events and their ledger transactions match).
 EXTRA_AUDIT_CHECKS: tuple[ledger.ExtraCheck, ...] = (*generations.AUDIT_CHECKS, *billing.AUDIT_CHECKS)
 # Gauges each domain reads from the database when /metrics is scraped.
-METRICS_READERS = (billing.refresh_metrics,)
+METRICS_READERS = (billing.refresh_metrics, generations.refresh_metrics)
 CONTROLLERS = (
     HealthController,
     QuotesController,
@@ -70,6 +85,7 @@ CONTROLLERS = (
     KeysController,
     ApprovalsController,
     FinanceController,
+    SealController,
     ConsoleController,
 )
 # What approving an approval of each kind does: the grant's and the refund's own code (and, for a rejected
@@ -141,6 +157,7 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "key_cache": _state_value(state, "key_cache"),
         "approval_effects": _state_value(state, "approval_effects"),
         "export_runner": _state_value(state, "export_runner"),
+        "seal_signer": _state_value(state, "seal_signer"),
         "price_table": Provide(provide_price_table, sync_to_thread=False),
         "caller": Provide(provide_caller, sync_to_thread=False),
         "idempotency_key": Provide(provide_idempotency_key, sync_to_thread=False),
@@ -166,7 +183,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.ledger = ledger.Ledger(
             app.state.pool,
             batch_settings=ledger.BatchSettings(
-                batch_size_max=settings.ledger.batch_size_max, committers=settings.ledger.committers
+                batch_size_max=settings.ledger.batch_size_max,
+                committers=settings.ledger.committers,
+                observe_batch=observe_ledger_batch,
             ),
         )
         await app.state.ledger.start()
@@ -196,6 +215,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     # The document is the whole contract: request bodies whose rules are data (the price grid, the catalog)
     # are described from that data, so what the document calls valid is what the service accepts.
+    # The seal's signing key is read once, here; without one the service runs and says it does not seal.
+    seal_signer = seal.signer_for(settings.seal)
     table_now = pricing.current_table(price_tables, datetime.now(UTC))
     grid = quotes.request_json_schema(table_now)
     body_refinements = {
@@ -211,11 +232,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             catalog=catalog,
             extra_audit_checks=EXTRA_AUDIT_CHECKS,
             approval_effects=APPROVAL_EFFECTS,
-            metrics_readers=METRICS_READERS,
+            metrics_readers=(
+                *METRICS_READERS,
+                partial(seal.refresh_metrics, count_max=settings.seal.lag_count_max),
+            ),
+            seal_signer=seal_signer,
             dispatcher=None,
             stripe=None,
             key_cache=None,
             export_runner=None,
+            **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits)},
         )
     )
     app = Litestar(
@@ -233,8 +259,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config(page_size_max=settings.api.page_size_max, body_refinements=body_refinements),
         logging_config=None,
     )
-    # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged too.
-    app.asgi_handler = request_logging_middleware(app.asgi_handler)
+    # Wrapped around the whole app, not as route middleware, so unrouted 404s and 405s are logged (and
+    # answered with the same headers) too.
+    app.asgi_handler = request_logging_middleware(http_semantics(app.asgi_handler))
     return app
 
 
@@ -258,19 +285,32 @@ def sweeper_for(
     return generations.Sweeper(pool, ledger_service, settings, also)
 
 
+def _sealer_task(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
+    """The seal's sealer, in every process that has the signing key (one seals at a time)."""
+    signer: seal.Signer = app.state.seal_signer
+    if not signer.sealing:
+        log.warning("seal_not_running", reason=signer.problem)
+        return []
+    assert signer.key is not None
+    sealer = seal.Sealer(app.state.pool, settings.seal, signer.key)
+    return [asyncio.create_task(sealer.run(), name="sealer")]
+
+
 async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.Task[None]]:
-    """The dispatcher and the sweeper run beside the API in every `moments serve` process (unless
-    DISPATCHER_ENABLED=false); they coordinate with other processes only through PostgreSQL."""
+    """The sealer, the dispatcher and the sweeper run beside the API in every `moments serve` process
+    (the latter two unless DISPATCHER_ENABLED=false; the sealer unless SEAL_ENABLED=false or it has no
+    key); they coordinate with other processes only through PostgreSQL."""
     app.state.dispatcher = None
     app.state.worker_client = None
+    tasks = _sealer_task(app, settings)
     generation = settings.generation
     if not generation.dispatcher_enabled:
-        return []
+        return tasks
     pool, ledger_service = app.state.pool, app.state.ledger
     sweeper = sweeper_for(
         pool, ledger_service, generation, settings.stripe, app.state.stripe, app.state.catalog, settings.console
     )
-    tasks = [asyncio.create_task(sweeper.run(), name="sweeper")]
+    tasks.append(asyncio.create_task(sweeper.run(), name="sweeper"))
     if not generation.worker_urls:
         log.warning("dispatcher_disabled", reason="GENERATION_WORKER_URL is not set")
         return tasks

@@ -1,5 +1,5 @@
 """The `moments` command: dev, migrate, serve, worker, keys (list, create, revoke, rotate), audit, export,
-stripe (failed, reapply)."""
+stripe (failed, reapply), seal-key, verify."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import asyncpg
@@ -194,6 +195,59 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seal_key(args: argparse.Namespace) -> int:
+    from entitlements import seal
+    from entitlements.settings import SealSettings
+
+    out: Path | None = args.out or SealSettings.from_env().key_file
+    if out is None:
+        raise CommandFailed("say where to write the key: --out FILE (or set SEAL_KEY_FILE)")
+    try:
+        key = seal.create_key_file(out)
+    except FileExistsError:
+        raise CommandFailed(f"{out} exists; a signing key is never overwritten (choose another file)") from None
+    except OSError as error:
+        raise CommandFailed(f"cannot write {out}: {error.strerror}") from None
+    print(f"wrote the seal's signing key to {out} (readable by you only); set SEAL_KEY_FILE={out}", file=sys.stderr)
+    print(f"key id {key.key_id}; publish this public key (`moments verify --public-key` takes it):", file=sys.stderr)
+    print(key.public_pem, end="")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from entitlements import seal
+    from entitlements.settings import SealSettings
+
+    if args.public_key:
+        try:
+            public_keys = seal.public_keys_from_files(args.public_key)
+        except ValueError as error:
+            raise CommandFailed(str(error)) from None
+    else:
+        signer = seal.signer_for(SealSettings.from_env())
+        if not signer.public_keys:
+            raise CommandFailed("no public key to check signatures with: give --public-key FILE (or set SEAL_KEY_FILE)")
+        public_keys = signer.public_keys
+
+    async def verify(pool: asyncpg.Pool) -> seal.Verification:
+        async with pool.acquire() as connection:
+            return await seal.verify(connection, public_keys)
+
+    result = _on_database(verify)
+    print(
+        f"checked {result.transactions} transaction(s) at positions {result.first_position}-{result.last_position} "
+        f"and {result.checkpoints} signed checkpoint(s) with key(s) {', '.join(sorted(public_keys))}"
+    )
+    if result.difference is not None:
+        difference = result.difference
+        print(f"FAILED ({difference.problem}): {difference.detail}")
+        if difference.transaction_id is not None:
+            print(f"first transaction that differs: {difference.transaction_id} (position {difference.position})")
+        return 1
+    print("the seal verifies: every hash, root and signature matches the ledger")
+    return 0
+
+
 def cmd_stripe_failed(args: argparse.Namespace) -> int:
     from entitlements import billing
 
@@ -353,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", default="-", help="the file to write (default: stdout)")
     export.add_argument("--manifest", default=None, help="write the manifest here (default: stderr)")
     export.set_defaults(handler=cmd_export)
+    seal_key = commands.add_parser("seal-key", help="create the seal's signing key; print its public key")
+    seal_key.add_argument("--out", type=Path, default=None, help="where to write it (default: SEAL_KEY_FILE)")
+    seal_key.set_defaults(handler=cmd_seal_key)
+    verify = commands.add_parser(
+        "verify", help="recompute the seal from the ledger, check every signature; exit 1 naming the first difference"
+    )
+    verify.add_argument(
+        "--public-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a published public key (PEM); repeat for keys used before a rotation (default: SEAL_KEY_FILE's)",
+    )
+    verify.set_defaults(handler=cmd_verify)
 
     stripe_events = commands.add_parser("stripe", help="stored Stripe events")
     stripe_commands = stripe_events.add_subparsers(dest="stripe_command", required=True)

@@ -62,6 +62,16 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class NotSealed(DomainError):
+    """A transaction that is not yet in a signed checkpoint of the seal (ask again later)."""
+
+    code = "not_sealed"
+
+
+class SealMismatch(Conflict):
+    """What the seal recorded and what the ledger holds differ: the ledger was changed after sealing."""
+
+
 class IdempotencyKeyRequired(DomainError):
     code = "idempotency_key_required"
 
@@ -131,6 +141,8 @@ __all__ = [
     "NotFound",
     "NotReady",
     "NotRefundable",
+    "NotSealed",
+    "SealMismatch",
     "SessionRequired",
     "StripeNotConfigured",
     "StripeRefused",

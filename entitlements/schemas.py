@@ -18,7 +18,10 @@ from entitlements.errors import ValidationFailed
 PROMPT_CHARS_MAX = 5_000
 IMAGE_ID_CHARS_MAX = 200
 # Image ids name files on the worker: unreserved URL characters, no leading dot (no path tricks).
-IMAGE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._~-]*$"
+# Identifier patterns end in `$(?!\n)`: Python's `$` (msgspec and Litestar search with it) also matches
+# before a final newline, so "img\n" passed; the lookahead is the same in the document's ECMA-262 regexes,
+# where `\Z` would mean a literal Z.
+IMAGE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._~-]*$(?!\n)"
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 REASON_CHARS_MAX = 1_000
 NAME_CHARS_MAX = 200
@@ -27,7 +30,7 @@ TEXT_PATTERN = r"^[^\x00]*$"
 # A user id is the other services' own id: 1-200 characters, no control characters, and no ':' (the
 # ledger's account codes are `user:{id}:available`, so a ':' would let one id spell another's account).
 USER_ID_CHARS_MAX = 200
-USER_ID_PATTERN = r"^[^:\x00-\x1f\x7f-\x9f]{1,200}$"
+USER_ID_PATTERN = r"^[^:\x00-\x1f\x7f-\x9f]{1,200}$(?!\n)"
 _USER_ID = re.compile(USER_ID_PATTERN)
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_ID_CHARS_MAX, pattern=USER_ID_PATTERN)]

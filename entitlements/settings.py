@@ -146,6 +146,8 @@ class GenerationSettings:
     retry_backoff_cap_s: float
     poll_interval_s: float
     sweep_interval_s: float
+    # The most generations one user may have in progress (queued or running) at once; 0: no cap.
+    open_generations_per_user_max: int = 20
 
     def __post_init__(self) -> None:
         if self.retry_backoff_base_s > self.retry_backoff_cap_s:
@@ -168,6 +170,49 @@ class GenerationSettings:
             retry_backoff_cap_s=_float("RETRY_BACKOFF_CAP_S", 30.0, minimum=0.0, maximum=600),
             poll_interval_s=_float("DISPATCHER_POLL_INTERVAL_S", 0.5, minimum=0.01, maximum=60),
             sweep_interval_s=_float("SWEEP_INTERVAL_S", 5.0, minimum=0.05, maximum=3600),
+            open_generations_per_user_max=_int("OPEN_GENERATIONS_PER_USER_MAX", 20, minimum=0, maximum=100_000),
+        )
+
+
+# A rate limit's bounds, per second: below the least, a key's state would reach past what PostgreSQL's
+# timestamps can hold; past the most, one request's share of a second is under the microsecond they keep.
+RATE_PER_S_MIN = 0.001
+RATE_PER_S_MAX = 100_000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimitSettings:
+    """Requests per second and burst per API key, for each endpoint class (entitlements/limits); a rate
+    of 0 leaves its class unlimited, and `enabled=False` all of them (a benchmark measuring the service
+    itself). One service key carries the whole calling product's traffic, so the defaults are generous:
+    they stop a runaway client, not a busy one."""
+
+    enabled: bool
+    generations_per_s: float
+    generations_burst: int
+    writes_per_s: float
+    writes_burst: int
+    reads_per_s: float
+    reads_burst: int
+
+    def __post_init__(self) -> None:
+        for name in ("generations", "writes", "reads"):
+            per_s = getattr(self, f"{name}_per_s")
+            if 0 < per_s < RATE_PER_S_MIN:
+                raise SettingsError(
+                    f"RATE_LIMIT_{name.upper()}_PER_S must be 0 (no limit) or at least {RATE_PER_S_MIN}, got {per_s}"
+                )
+
+    @classmethod
+    def from_env(cls) -> RateLimitSettings:
+        return cls(
+            enabled=_bool("RATE_LIMITS_ENABLED", True),
+            generations_per_s=_float("RATE_LIMIT_GENERATIONS_PER_S", 20.0, minimum=0.0, maximum=RATE_PER_S_MAX),
+            generations_burst=_int("RATE_LIMIT_GENERATIONS_BURST", 100, minimum=1, maximum=1_000_000),
+            writes_per_s=_float("RATE_LIMIT_WRITES_PER_S", 50.0, minimum=0.0, maximum=RATE_PER_S_MAX),
+            writes_burst=_int("RATE_LIMIT_WRITES_BURST", 200, minimum=1, maximum=1_000_000),
+            reads_per_s=_float("RATE_LIMIT_READS_PER_S", 200.0, minimum=0.0, maximum=RATE_PER_S_MAX),
+            reads_burst=_int("RATE_LIMIT_READS_BURST", 1000, minimum=1, maximum=1_000_000),
         )
 
 
@@ -296,6 +341,53 @@ class FinanceSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SealSettings:
+    """The ledger's seal (docs/seal.md). The signing key lives outside the database: a file, or the PEM
+    text itself in the environment; never logged."""
+
+    # The Ed25519 private key (PKCS #8 PEM) that signs checkpoints, as `moments seal-key` writes it.
+    key_file: Path | None
+    # The same PEM text, for platforms that hand secrets over as environment variables.
+    key_pem: str | None = field(repr=False)
+    # Public keys of earlier signing keys (PEM files, comma-separated): checkpoints signed before a key
+    # rotation still verify. The signing key's own public key needs no entry.
+    public_key_files: tuple[Path, ...]
+    # Whether this process runs a sealer at all (any number may; one seals at a time).
+    enabled: bool
+    # A checkpoint is written once this many transactions are chained since the last one...
+    checkpoint_transactions: int
+    # ... or once this long has passed since the last one, whichever comes first (if any are waiting).
+    checkpoint_interval_s: float
+    # How long an idle sealer sleeps before looking for new ledger transactions.
+    poll_interval_s: float
+    # GET /v1/ledger/verify recomputes at most about this many transactions per request.
+    verify_transactions_max: int
+    # /metrics and GET /v1/ledger/seal count unsealed transactions up to this many ("at least" beyond).
+    lag_count_max: int
+
+    def __post_init__(self) -> None:
+        if self.key_file is not None and self.key_pem is not None:
+            raise SettingsError("set SEAL_KEY_FILE or SEAL_PRIVATE_KEY, not both")
+
+    @classmethod
+    def from_env(cls) -> SealSettings:
+        key_file = _optional("SEAL_KEY_FILE")
+        return cls(
+            key_file=Path(key_file) if key_file else None,
+            key_pem=_optional("SEAL_PRIVATE_KEY"),
+            public_key_files=tuple(
+                Path(name.strip()) for name in _text("SEAL_PUBLIC_KEY_FILES", "").split(",") if name.strip()
+            ),
+            enabled=_bool("SEAL_ENABLED", True),
+            checkpoint_transactions=_int("SEAL_CHECKPOINT_TRANSACTIONS", 1000, minimum=1, maximum=100_000),
+            checkpoint_interval_s=_float("SEAL_CHECKPOINT_INTERVAL_S", 10.0, minimum=0.05, maximum=86_400),
+            poll_interval_s=_float("SEAL_POLL_INTERVAL_S", 0.5, minimum=0.01, maximum=60),
+            verify_transactions_max=_int("SEAL_VERIFY_TRANSACTIONS_MAX", 20_000, minimum=1, maximum=10_000_000),
+            lag_count_max=_int("SEAL_LAG_COUNT_MAX", 1_000_000, minimum=1, maximum=1_000_000_000),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     database: DatabaseSettings
     api: ApiSettings
@@ -304,6 +396,8 @@ class Settings:
     stripe: StripeSettings
     console: ConsoleSettings
     finance: FinanceSettings
+    seal: SealSettings
+    rate_limits: RateLimitSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -315,4 +409,6 @@ class Settings:
             stripe=StripeSettings.from_env(),
             console=ConsoleSettings.from_env(),
             finance=FinanceSettings.from_env(),
+            seal=SealSettings.from_env(),
+            rate_limits=RateLimitSettings.from_env(),
         )

@@ -9,11 +9,13 @@ from ledger.cursors import (
     InvalidCursor,
     decode_cursor,
     decode_id_cursor,
+    decode_instant,
     encode_cursor,
     encode_id_cursor,
 )
 from ledger.engine import Connection
 from ledger.feed import (
+    COMMITTED_AFTER,
     START,
     CommitPosition,
     commit_horizon,
@@ -48,6 +50,7 @@ from ledger.rules import (
     InvalidOperation,
     LedgerRuleError,
     NotRefundable,
+    TooManyOpenHolds,
 )
 from ledger.service import (
     PAGE_SIZE_MAX,
@@ -64,6 +67,7 @@ from ledger.service import (
 
 __all__ = [
     "AMOUNT_MOMENTS_MAX",
+    "COMMITTED_AFTER",
     "CURSOR_CHARS_MAX",
     "LOT_CATEGORIES",
     "PAGE_SIZE_MAX",
@@ -104,6 +108,7 @@ __all__ = [
     "Refund",
     "Result",
     "ShareItem",
+    "TooManyOpenHolds",
     "TransactionItem",
     "TransactionKind",
     "Void",
@@ -112,6 +117,7 @@ __all__ = [
     "committed_after",
     "decode_cursor",
     "decode_id_cursor",
+    "decode_instant",
     "decode_position",
     "encode_cursor",
     "encode_id_cursor",

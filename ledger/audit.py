@@ -90,6 +90,17 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
         """,
     ),
     (
+        "open_holds_counted",
+        "each user's count of open holds (what the cap on generations in progress reads) is their open holds",
+        """
+        SELECT b.user_id, b.open_holds, coalesce(h.open_count, 0) AS open_count
+        FROM ledger_balances b
+        LEFT JOIN (SELECT user_id, count(*) AS open_count FROM ledger_holds WHERE status = 'open'
+                   GROUP BY user_id) h ON h.user_id = b.user_id
+        WHERE b.open_holds <> coalesce(h.open_count, 0)
+        """,
+    ),
+    (
         "available_equals_lots",
         "each user's available balance equals the sum of their lots' remaining amounts",
         """

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -41,6 +43,8 @@ class BatchSettings:
     committers: int = 3
     batch_attempts_max: int = 3
     queue_size_max: int = 20_000
+    # Told of each committed batch: its size and seconds from BEGIN to COMMIT (the service's metrics).
+    observe_batch: Callable[[int, float], None] | None = None
 
 
 class Batcher:
@@ -145,6 +149,7 @@ class Batcher:
     async def _execute(self, connection: Connection, items: list[Item]) -> list[Answer]:
         """One database transaction for the batch; returns once it has committed."""
         # BEGIN and the planner settings in one round trip.
+        began = time.perf_counter()
         await connection.execute(f"BEGIN; {PLAN_SETTINGS}")
         try:
             answers = await self._apply(connection, items)
@@ -157,6 +162,8 @@ class Batcher:
                 with contextlib.suppress(Exception):
                     await connection.execute("ROLLBACK")
             raise
+        if self._settings.observe_batch is not None:
+            self._settings.observe_batch(len(items), time.perf_counter() - began)
         return answers
 
     async def _apply(self, connection: Connection, items: list[Item]) -> list[Answer]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 
 CURSOR_CHARS_MAX = 512
 BIGINT_MAX = (1 << 63) - 1
@@ -35,6 +36,18 @@ def decode_cursor(cursor: str, scope: str, parts: int) -> tuple[str, ...]:
     if found_scope != scope or len(found) != parts:
         raise InvalidCursor
     return tuple(found)
+
+
+def decode_instant(text: str) -> datetime:
+    """An instant a cursor carries, in UTC: with its zone, and one PostgreSQL can bind (a forged
+    9999-12-31T23:59:59-23:59 has no UTC value before year 10000)."""
+    try:
+        instant = datetime.fromisoformat(text)
+        if instant.tzinfo is None:
+            raise InvalidCursor
+        return instant.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidCursor from None
 
 
 def encode_id_cursor(scope: str, last_id: int) -> str:

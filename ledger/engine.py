@@ -287,6 +287,7 @@ class _Run:
                     hold_id=new_id,
                     expires_at=operation.expires_at,
                     now=self.now,
+                    open_holds_max=operation.open_holds_max,
                 )
                 self.holds[new_id] = _HoldRecord(hold=hold, reference=operation.reference, hold_transaction_id=None)
                 kind, amount, hold_id = "hold", operation.amount, new_id
@@ -592,7 +593,7 @@ class _Run:
 
     def _add_balances(self, statement: _Statement) -> None:
         touched = [
-            (user.state.user_id, user.state.available, user.state.held, user.state.owed)
+            (user.state.user_id, user.state.available, user.state.held, user.state.owed, user.state.open_holds)
             for user in self.users.values()
             if user.touched
         ]
@@ -602,12 +603,13 @@ class _Run:
             """
             UPDATE ledger_balances AS balance
             SET available = change.available, held = change.held, owed = change.owed,
-                version = balance.version + 1, updated_at = now()
-            FROM unnest($1::text::text[], $2::text::bigint[], $3::text::bigint[], $4::text::bigint[])
-                AS change (user_id, available, held, owed)
+                open_holds = change.open_holds, version = balance.version + 1, updated_at = now()
+            FROM unnest($1::text::text[], $2::text::bigint[], $3::text::bigint[], $4::text::bigint[],
+                        $5::text::bigint[])
+                AS change (user_id, available, held, owed, open_holds)
             WHERE balance.user_id = change.user_id
             """,
-            *_encoded(touched, (arrays.texts,) + (arrays.bigints,) * 3),
+            *_encoded(touched, (arrays.texts,) + (arrays.bigints,) * 4),
         )
 
 
@@ -715,7 +717,13 @@ async def _lock_users(connection: Connection, user_ids: list[str]) -> dict[str, 
     assert len(rows) == len(user_ids), "every user has a balance row after creation"
     users = {}
     for row in rows:
-        state = rules.UserState(user_id=row["user_id"], available=row["available"], held=row["held"], owed=row["owed"])
+        state = rules.UserState(
+            user_id=row["user_id"],
+            available=row["available"],
+            held=row["held"],
+            owed=row["owed"],
+            open_holds=row["open_holds"],
+        )
         account_ids = {
             rules.AVAILABLE: row["available_account_id"],
             rules.HELD: row["held_account_id"],
@@ -726,7 +734,7 @@ async def _lock_users(connection: Connection, user_ids: list[str]) -> dict[str, 
 
 
 _LOCK_USERS = """
-SELECT user_id, available_account_id, held_account_id, debt_account_id, available, held, owed
+SELECT user_id, available_account_id, held_account_id, debt_account_id, available, held, owed, open_holds
 FROM ledger_balances WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
 """
 

@@ -58,6 +58,8 @@ class Credit(Operation, frozen=True, tag="credit"):
 class Hold(Operation, frozen=True, tag="hold"):
     amount: int
     expires_at: datetime
+    # Refused (TooManyOpenHolds) when the user already has this many open holds; None: no cap.
+    open_holds_max: int | None = None
 
 
 class Capture(Operation, frozen=True, tag="capture"):

@@ -58,6 +58,16 @@ class InDebt(LedgerRuleError):
         self.owed = owed
 
 
+class TooManyOpenHolds(LedgerRuleError):
+    """The user already has as many open holds (generations in progress) as the caller allows."""
+
+    code = "concurrency_limited"
+
+    def __init__(self, open_holds_max: int) -> None:
+        super().__init__(f"the user already has {open_holds_max} generations in progress; wait for one to finish")
+        self.open_holds_max = open_holds_max
+
+
 class HoldNotOpen(LedgerRuleError):
     code = "conflict"
 
@@ -123,6 +133,9 @@ class UserState:
     available: int
     held: int
     owed: int
+    # How many of the user's holds are open: kept on the balance row, so a cap on it is checked under
+    # the row lock every hold takes (concurrent holds of one user cannot both pass it).
+    open_holds: int = 0
     lots: dict[int, Lot] = field(default_factory=dict)
 
     def spendable_lots(self, now: datetime) -> list[Lot]:
@@ -135,6 +148,7 @@ class UserState:
         assert self.available >= 0, self
         assert self.held >= 0, self
         assert self.owed >= 0, self
+        assert self.open_holds >= 0, self
         assert self.available == sum(lot.remaining for lot in self.lots.values()), self
 
 
@@ -203,13 +217,24 @@ def credit(
     return _assert_balanced(_merge([(source, -amount), (DEBT, repaid), (AVAILABLE, to_available)])), lot
 
 
-def hold(state: UserState, *, amount: int, hold_id: int, expires_at: datetime, now: datetime) -> tuple[Postings, Hold]:
-    """Reserves moments: available → held, drawing from lots in spending order. Debt blocks it."""
+def hold(
+    state: UserState,
+    *,
+    amount: int,
+    hold_id: int,
+    expires_at: datetime,
+    now: datetime,
+    open_holds_max: int | None = None,
+) -> tuple[Postings, Hold]:
+    """Reserves moments: available → held, drawing from lots in spending order. Debt blocks it, and so
+    does reaching `open_holds_max` open holds (None: no cap)."""
     check_amount(amount)
     if expires_at <= now:
         raise InvalidOperation("expires_at must be in the future")
     if state.owed > 0:
         raise InDebt(state.owed)
+    if open_holds_max is not None and state.open_holds >= open_holds_max:
+        raise TooManyOpenHolds(open_holds_max)
     lots = state.spendable_lots(now)
     spendable = sum(lot.remaining for lot in lots)
     if spendable < amount:
@@ -227,6 +252,7 @@ def hold(state: UserState, *, amount: int, hold_id: int, expires_at: datetime, n
     assert needed == 0
     state.available -= amount
     state.held += amount
+    state.open_holds += 1
     new_hold = Hold(
         id=hold_id,
         user_id=state.user_id,
@@ -277,6 +303,7 @@ def capture(state: UserState, hold: Hold, *, amount: int | None, now: datetime) 
     if released:
         postings += _return_to_lots(state, hold, released, now)
     state.held -= hold.amount
+    state.open_holds -= 1
     hold.status, hold.captured, hold.changed = "captured", charged, True
     return _assert_balanced(_merge(postings))
 
@@ -287,6 +314,7 @@ def void(state: UserState, hold: Hold, *, expired: bool, now: datetime) -> Posti
         raise HoldNotOpen(hold.id, hold.status)
     postings: Postings = [(HELD, -hold.amount), *_return_to_lots(state, hold, hold.amount, now)]
     state.held -= hold.amount
+    state.open_holds -= 1
     hold.status, hold.changed = ("expired" if expired else "voided"), True
     return _assert_balanced(_merge(postings))
 

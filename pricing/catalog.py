@@ -18,7 +18,7 @@ CATALOG_MOMENTS_MAX = 10_000_000
 
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 # ISO 4217, lower case as Stripe writes it.
-CurrencyCode = Annotated[str, msgspec.Meta(pattern="^[a-z]{3}$")]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern="^[a-z]{3}$(?!\n)")]
 
 
 class InvalidCatalog(Exception):

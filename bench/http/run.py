@@ -67,6 +67,17 @@ GOALS = {
     "grants": ("bare_post", 0.5),
     "generations": ("bare_post", 0.5),
     "generations_hot": ("bare_post", 0.5),
+    "generations_limited": ("generations", 0.8),
+}
+# The rate limits on, at rates no run reaches: what their check costs a generation request.
+LIMITED_ENV = {
+    "RATE_LIMITS_ENABLED": "true",
+    "RATE_LIMIT_GENERATIONS_PER_S": "100000",
+    "RATE_LIMIT_GENERATIONS_BURST": "1000000",
+    "RATE_LIMIT_WRITES_PER_S": "100000",
+    "RATE_LIMIT_WRITES_BURST": "1000000",
+    "RATE_LIMIT_READS_PER_S": "100000",
+    "RATE_LIMIT_READS_BURST": "1000000",
 }
 GOAL_GENERATIONS_OVER_TPCB = 1.0
 GOAL_GENERATIONS_P99_MS = 50.0
@@ -302,6 +313,11 @@ def scenarios(keys: Keys, users: list[str], hot_user: str) -> dict[str, tuple[st
         ),
         "generations": ("moments", f"POST /v1/users/{{id}}/generations, {len(users):,} users", generations(users)),
         "generations_hot": ("moments", "POST /v1/users/{id}/generations, one user", generations([hot_user])),
+        "generations_limited": (
+            "limited",
+            f"POST /v1/users/{{id}}/generations, {len(users):,} users, rate limits on",
+            generations(users),
+        ),
     }
 
 
@@ -394,6 +410,11 @@ def moments_env(
         "HOLD_TTL_S": "86400",
         "VIDEO_DIR": str(work_dir / "videos"),
         "PYTHONUNBUFFERED": "1",
+        # The service itself is measured: one key sends everything, faster than any default allows, and
+        # the generations stay queued (no dispatcher), far past the cap on a user's generations in
+        # progress. The limits' own cost is the `generations_limited` figure (LIMITED_ENV).
+        "RATE_LIMITS_ENABLED": "false",
+        "OPEN_GENERATIONS_PER_USER_MAX": "0",
     }
     env.pop("GENERATION_WORKER_URL", None)
     if worker_url:
@@ -444,9 +465,13 @@ def run(options: argparse.Namespace) -> Report:
         env = moments_env(dsn, work_dir, dispatcher=False)
         bare = Server(BARE_APP, env=env, workers=workers, threads=threads, log_path=work_dir / "bare.log")
         moments = Server(MOMENTS_APP, env=env, workers=workers, threads=threads, log_path=work_dir / "moments.log")
+        limited = Server(
+            MOMENTS_APP, env=env | LIMITED_ENV, workers=workers, threads=threads, log_path=work_dir / "limited.log"
+        )
+        servers = {"bare": bare, "moments": moments, "limited": limited}
         chosen = scenarios(keys, users, hot_user)
         names = [name for name in chosen if not options.only or name in options.only or name.startswith("bare")]
-        with running(bare, "/"), running(moments, "/readyz"):
+        with running(bare, "/"), running(moments, "/readyz"), running(limited, "/readyz"):
             progress(f"funding {len(users):,} users and one hot user (PREMIUM, moments through grants)")
             asyncio.run(fund(moments.url, keys.admin, users, USER_FUNDS))
             asyncio.run(fund(moments.url, keys.admin, [hot_user], HOT_USER_FUNDS))
@@ -462,7 +487,7 @@ def run(options: argparse.Namespace) -> Report:
                     figures[name] = measure(
                         name,
                         label,
-                        bare if target == "bare" else moments,
+                        servers[target],
                         request,
                         wrk_path=wrk_path,
                         options=options,

@@ -63,15 +63,20 @@ class Report:
     total_s: float = 0.0
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_workload_options(parser: argparse.ArgumentParser) -> None:
+    """The options of figure (a)'s workload, shared with the seal's benchmark (bench/seal), which runs it."""
     parser.add_argument("--duration-s", type=int, default=10, help="measured seconds per figure (default 10)")
     parser.add_argument("--warmup-s", type=float, default=2.0, help="ledger warm-up before measuring (default 2)")
     parser.add_argument("--callers", type=int, default=256, help="concurrent ledger callers (default 256)")
     parser.add_argument("--users", type=int, default=10_000, help="users of figure (a) (default 10000)")
     parser.add_argument("--fast", action="store_true", help="fsync off: quick iteration, not the honest figure")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_workload_options(parser)
     parser.add_argument("--only", choices=["a", "b", "pg"], action="append", help="run only these figures (repeatable)")
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of every figure on the same server; medians are shown (default 1)"

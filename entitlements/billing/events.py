@@ -19,8 +19,8 @@ import msgspec
 
 # Stripe ids are letters, digits and underscores (`evt_1Pgc76B7WZ01zgkWwyRHS12y`); 255 is the column's bound.
 STRIPE_ID_CHARS_MAX = 255
-STRIPE_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
-EVENT_TYPE_PATTERN = r"^[a-z0-9_]+(\.[a-z0-9_]+)*$"
+STRIPE_ID_PATTERN = r"^[A-Za-z0-9_-]+$(?!\n)"
+EVENT_TYPE_PATTERN = r"^[a-z0-9_]+(\.[a-z0-9_]+)*$(?!\n)"
 # Stripe did not exist before 2010; nothing it sends is dated past 2200. Outside, a timestamp is hostile.
 TIMESTAMP_MIN_S = 1_262_304_000  # 2010-01-01
 TIMESTAMP_MAX_S = 7_258_118_400  # 2200-01-01

@@ -69,6 +69,7 @@ from entitlements.errors import (
 )
 from entitlements.keys import Caller
 from entitlements.settings import StripeSettings
+from generation_client.logs import error_text
 
 log = structlog.get_logger("moments.stripe")
 EVENTS_NOT_APPLIED = Gauge(
@@ -230,7 +231,7 @@ async def apply_event(
             return await _record_failure(pool, settings, event_id, str(never), never=True)
         except Exception as error:  # whatever failed, the event stays stored, unapplied, and is retried
             log.exception("stripe_event_failed", event_id=event_id, error_type=type(error).__name__)
-            result = await _record_failure(pool, settings, event_id, f"{type(error).__name__}: {error}", never=False)
+            result = await _record_failure(pool, settings, event_id, error_text(error), never=False)
             return ApplyResult("retrying", type(error).__name__) if result.status == "pending" else result
     message = f"needed more than {LOOKUPS_PER_EVENT_MAX} answers from Stripe"
     return await _record_failure(pool, settings, event_id, message, never=True)
@@ -357,11 +358,8 @@ def _decode_events_cursor(cursor: str | None) -> tuple[datetime, str] | None:
     if cursor is None:
         return None
     created, event_id = ledger.decode_cursor(cursor, EVENTS_CURSOR, 2)
-    try:
-        after = datetime.fromisoformat(created)
-    except ValueError:
-        raise ledger.InvalidCursor from None
-    if after.tzinfo is None or _EVENT_ID.fullmatch(event_id) is None:
+    after = ledger.decode_instant(created)
+    if _EVENT_ID.fullmatch(event_id) is None:
         raise ledger.InvalidCursor
     return after, event_id
 

@@ -32,7 +32,7 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 import ledger
-from entitlements import accounts, approvals, billing, console, finance, generations
+from entitlements import accounts, approvals, billing, console, finance, generations, seal
 from entitlements.approvals import APPROVAL_ID_MAX, ApprovalDecision, ApprovalEffect
 from entitlements.console import ConsoleSession
 from entitlements.errors import DomainError, SessionRequired, ValidationFailed
@@ -80,7 +80,7 @@ SECURITY_HEADERS = {
 
 # What each route shows or does, as the API operations whose roles it takes (`opt["mirrors"]`).
 ANY_PAGE = ("getUserLedger", "listGenerations", "auditLedger", "reconcileStripe", "listApprovals")
-FINANCE = ("auditLedger", "reconcileStripe", "getRollforward", "listExports")
+FINANCE = ("auditLedger", "reconcileStripe", "getRollforward", "listExports", "getSeal")
 ExportRunner = NamedDependency[finance.ExportRunner]
 ExportIdPath = Annotated[str, PathParameter(min_length=1, max_length=100)]
 # What a finance page lists at once: closed periods beside the roll-forward.
@@ -241,7 +241,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("console_unhandled_exception", error_type=type(exc).__name__)
+    log.exception("console_unhandled_exception", bug=True, error_type=type(exc).__name__)
     return _problem_page(request, "internal_error", "something went wrong; the request id finds it in the logs")
 
 
@@ -379,7 +379,7 @@ class ConsoleController(Controller):
         settings: AppSettings,
         user_id: UserIdPath,
         done: Annotated[
-            str | None, QueryParameter(max_length=100, pattern=r"^(transaction|approval):[0-9]{1,19}$")
+            str | None, QueryParameter(max_length=100, pattern=r"^(transaction|approval):[0-9]{1,19}$(?!\n)")
         ] = None,
     ) -> Template:
         allowed = _allowed(request.app, _session(request))
@@ -636,6 +636,19 @@ class ConsoleController(Controller):
         path, export = await finance.export_file(pool, settings.finance, export_id)
         return File(path=path, media_type=finance.MEDIA_TYPES[export.format], filename=path.name)
 
+    @get("/finance/seal", opt={"mirrors": ("getSeal", "verifySeal")})
+    async def seal(
+        self,
+        request: Request[Any, Any, Any],
+        pool: Pool,
+        settings: AppSettings,
+        seal_signer: NamedDependency[seal.Signer],
+        verify: Annotated[bool, QueryParameter(description="Also verify the latest checkpoints now.")] = False,
+    ) -> Template:
+        seal_status = await seal.status(pool, settings.seal, seal_signer)
+        verification = await seal.verify_window(pool, settings.seal, seal_signer, checkpoint=None) if verify else None
+        return render(request, "finance/seal.html", seal=seal_status, verification=verification, settings=settings.seal)
+
 
 def _last_month() -> tuple[datetime, datetime]:
     this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -657,7 +670,7 @@ async def _preview_page(request: Request[Any, Any, Any], attempt: Callable[[], A
     return render(request, "partials/preview.html", preview=preview, refusal=None)
 
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
@@ -667,7 +680,7 @@ def _window(since: str | None, until: str | None) -> tuple[datetime | None, date
         if not text:
             bounds.append(None)
             continue
-        value = f"{text}T00:00:00Z" if _DATE.match(text) else text
+        value = f"{text}T00:00:00Z" if _DATE.fullmatch(text) else text
         try:
             bounds.append(aware(msgspec.convert(value, datetime, strict=True), name))
         except msgspec.ValidationError:

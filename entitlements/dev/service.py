@@ -20,6 +20,8 @@ DATA_DIR = Path(".data")
 DEV_KEY_FILE = DATA_DIR / "dev-admin-key"
 DATABASE_URL_FILE = DATA_DIR / "database-url"
 DATABASE_PORT_FILE = DATA_DIR / "database-port"
+# The seal's signing key of a development folder (production keeps its key outside the data directory).
+DEV_SEAL_KEY_FILE = DATA_DIR / "seal-key.pem"
 # Tried first for the embedded database; kept once chosen, so the printed URL stays true across restarts.
 DATABASE_PORT_DEFAULT = 54329
 WORKER_START_TIMEOUT_S = 30
@@ -87,6 +89,20 @@ async def ensure_dev_key(url: str) -> str:
     return raw_key
 
 
+def ensure_dev_seal_key() -> str:
+    """The seal's signing key for `moments dev`: SEAL_KEY_FILE or SEAL_PRIVATE_KEY if set, else one kept
+    in .data/ (made on the first run), so that a development service seals like a production one."""
+    from entitlements.seal import create_key_file
+
+    if os.environ.get("SEAL_PRIVATE_KEY"):
+        return "SEAL_PRIVATE_KEY"
+    path = Path(os.environ.get("SEAL_KEY_FILE") or DEV_SEAL_KEY_FILE)
+    if not path.exists():
+        create_key_file(path)
+    os.environ["SEAL_KEY_FILE"] = str(path)
+    return str(path)
+
+
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -125,6 +141,7 @@ def run_dev(*, api_port: int, worker_port: int, serve: Callable[[str, int, int],
             os.environ["DATABASE_URL"] = url
         asyncio.run(migrations.apply(url))
         admin_key = asyncio.run(ensure_dev_key(url))
+        seal_key = ensure_dev_seal_key()
         if not os.environ.get("GENERATION_WORKER_URL"):
             worker_url = f"http://127.0.0.1:{pick_port(worker_port)}"
             worker = subprocess.Popen(  # noqa: S603 - our own command
@@ -151,6 +168,7 @@ def run_dev(*, api_port: int, worker_port: int, serve: Callable[[str, int, int],
             f"  worker:   {os.environ['GENERATION_WORKER_URL']}\n"
             f"  database: {url}   (kept in {DATABASE_URL_FILE}; `moments audit` and `moments keys` use it)\n"
             f"  admin key (development, also in {DEV_KEY_FILE}): {admin_key}\n"
+            f"  seal key: {seal_key}   (`moments verify` with SEAL_KEY_FILE={seal_key} checks the seal)\n"
             f'  try: curl -H "Authorization: Bearer $(cat {DEV_KEY_FILE})" {api}/v1/pricing\n',
             flush=True,
         )

@@ -50,7 +50,7 @@ class GenerationsController(Controller):
         "/v1/users/{user_id:str}/generations",
         operation_id="createGeneration",
         summary="Reserve the moments and queue a video",
-        opt={"roles": ("service",), "idempotent": True},
+        opt={"roles": ("service",), "idempotent": True, "rate_class": "generations"},
         status_code=202,
     )
     async def create_generation(
@@ -74,6 +74,7 @@ class GenerationsController(Controller):
             body=data,
             key=idempotency_key,
             hold_ttl_s=settings.generation.hold_ttl_s,
+            open_generations_max=settings.generation.open_generations_per_user_max,
         )
         if dispatcher is not None:
             dispatcher.wake()

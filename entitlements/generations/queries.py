@@ -33,6 +33,17 @@ ORDER BY g.created_at DESC, g.id DESC
 LIMIT $2
 """
 
+# What /metrics shows of the work in progress, through the index of unsettled generations (each holds its
+# price until it settles, so these are also the open holds).
+IN_PROGRESS = """
+SELECT count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       coalesce(sum(moments), 0) AS moments_held,
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')), 0)::float8
+           AS oldest_queued_s
+FROM generations WHERE status IN ('queued', 'running')
+"""
+
 USER_OF_GENERATION = "SELECT user_id FROM generations WHERE id = $1"
 HOLD_IDS = "SELECT id, hold_id FROM generations WHERE id = ANY($1::uuid[])"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import structlog
+from prometheus_client import Counter, Gauge
 
 import ledger
 import pricing
@@ -43,6 +44,17 @@ ERROR_CHARS_MAX = 1000
 VOID_REASON_CHARS_MAX = 500
 WITH_VIDEO = frozenset({"succeeded", "refunded"})
 OPEN_HOLDS_MAX = 200
+
+# Counted by the process that settles or creates (Prometheus sums the processes).
+GENERATIONS_CREATED = Counter("moments_generations_created_total", "Generations accepted (not replays)")
+GENERATIONS_SETTLED = Counter("moments_generations_settled_total", "Generations settled, by outcome", ["outcome"])
+# Read from the database when /metrics is scraped: the same in every process.
+GENERATIONS_IN_PROGRESS = Gauge("moments_generations_in_progress", "Generations not settled yet", ["status"])
+OLDEST_QUEUED = Gauge("moments_generation_queue_oldest_seconds", "Age of the oldest queued generation")
+HOLDS_OPEN = Gauge("moments_holds_open", "Open holds (generations in progress)")
+MOMENTS_HELD = Gauge("moments_moments_held", "Moments held by generations in progress")
+for _outcome in ("succeeded", "failed", "expired"):
+    GENERATIONS_SETTLED.labels(_outcome)
 
 
 def held(row: asyncpg.Record) -> int:
@@ -145,7 +157,10 @@ async def create(
     body: GenerationCreate,
     key: str,
     hold_ttl_s: int,
+    open_generations_max: int = 0,
 ) -> GenerationOut:
+    """Holds the price and queues the generation; `open_generations_max` generations of the user in
+    progress refuse another (429 concurrency_limited; 0: no cap), counted by the ledger under the user's lock."""
     quote = quotes.quote(
         table, mode=body.mode, resolution=body.resolution, duration_s=body.duration_s, audio=body.audio
     )
@@ -163,6 +178,7 @@ async def create(
             reference=f"generation:{generation_id}",
             amount=quote.moments,
             expires_at=now + timedelta(seconds=hold_ttl_s),
+            open_holds_max=open_generations_max or None,
         ),
         generation=batch.new_generation(
             generation_id=generation_id,
@@ -183,7 +199,10 @@ async def create(
     assert isinstance(settled, batch.GenerationRequest)
     response = settled.result()
     # On the request's own log line (one line per request), not a line of its own.
-    structlog.contextvars.bind_contextvars(generation_id=response.id, replayed=response.id != str(generation_id))
+    replayed = response.id != str(generation_id)
+    structlog.contextvars.bind_contextvars(generation_id=response.id, replayed=replayed)
+    if not replayed:
+        GENERATIONS_CREATED.inc()
     return with_current_advice(response, advice)
 
 
@@ -212,7 +231,7 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
         return None
     created_at, generation_id = ledger.decode_cursor(cursor, GENERATIONS_CURSOR, 2)
     try:
-        return datetime.fromisoformat(created_at), uuid.UUID(generation_id)
+        return ledger.decode_instant(created_at), uuid.UUID(generation_id)
     except ValueError:
         raise ledger.InvalidCursor from None
 
@@ -244,6 +263,7 @@ async def settle_success(
     )
     settled = await _settle(ledger_service, settlement)
     if settled:
+        GENERATIONS_SETTLED.labels("succeeded").inc()
         log.info("generation_succeeded", generation_id=str(generation_id))
     return settled
 
@@ -274,8 +294,20 @@ async def settle_failure(
     )
     settled = await _settle(ledger_service, settlement)
     if settled:
+        GENERATIONS_SETTLED.labels("expired" if expired else "failed").inc()
         log.info("generation_failed", generation_id=str(generation_id), error=error[:200])
     return settled
+
+
+async def refresh_metrics(pool: asyncpg.Pool) -> None:
+    """Read when /metrics is scraped: the generations in progress, the queue's age, the open holds."""
+    row = await pool.fetchrow(queries.IN_PROGRESS)
+    assert row is not None
+    GENERATIONS_IN_PROGRESS.labels("queued").set(row["queued"])
+    GENERATIONS_IN_PROGRESS.labels("running").set(row["running"])
+    OLDEST_QUEUED.set(row["oldest_queued_s"])
+    HOLDS_OPEN.set(row["queued"] + row["running"])
+    MOMENTS_HELD.set(row["moments_held"])
 
 
 async def _settle(ledger_service: ledger.Ledger, settlement: batch.Settlement) -> bool:

@@ -14,6 +14,7 @@ from entitlements.errors import NotReady
 from entitlements.http.deps import Pool
 from entitlements.http.observability import METRICS_CONTENT_TYPE, metrics_text
 from entitlements.schemas import Struct
+from entitlements.seal import Signer as SealSigner
 
 READY_TIMEOUT_S = 2.0
 # Business gauges read from the database when /metrics is scraped (every process sees the same figures).
@@ -26,6 +27,12 @@ class Status(Struct, frozen=True):
     status: str
 
 
+class Ready(Struct, frozen=True):
+    status: str
+    # Whether this process seals the ledger, and why not (never a reason to take it out of service).
+    seal: str
+
+
 class HealthController(Controller):
     tags = ["ops"]
     opt = {"public": True}
@@ -35,12 +42,14 @@ class HealthController(Controller):
         return Status(status="ok")
 
     @get("/readyz", operation_id="readyz", description="200 when the database answers, else 503 not_ready.")
-    async def readyz(self, pool: Pool) -> Status:
+    async def readyz(self, pool: Pool, seal_signer: NamedDependency[SealSigner]) -> Ready:
         try:
             await pool.fetchval("SELECT 1", timeout=READY_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError) as error:
             raise NotReady(f"the database does not answer: {type(error).__name__}") from None
-        return Status(status="ready")
+        key = seal_signer.key
+        sealing = f"sealing (key {key.key_id})" if seal_signer.sealing and key is not None else seal_signer.problem
+        return Ready(status="ready", seal=sealing or "not sealing")
 
     @get("/metrics", operation_id="metrics", media_type=MediaType.TEXT, description="Prometheus text format.")
     async def metrics(self, pool: Pool, metrics_readers: NamedDependency[Sequence[MetricsReader]]) -> Response[bytes]:

@@ -55,7 +55,7 @@ RAISES: dict[str, tuple[str, ...]] = {
     # Advice is never a gate: beyond bad input (implied by its body) it refuses nothing.
     "advisePrompt": (),
     "createGrant": ("conflict",),
-    "createGeneration": ("tier_required", "insufficient_moments", "in_debt", "conflict"),
+    "createGeneration": ("tier_required", "insufficient_moments", "in_debt", "conflict", "concurrency_limited"),
     "getGeneration": ("not_found",),
     "getGenerationVideo": ("not_found", "video_unavailable", "unavailable"),
     "refundGeneration": ("not_found", "not_refundable", "conflict"),
@@ -77,6 +77,25 @@ RAISES: dict[str, tuple[str, ...]] = {
     "getExport": ("not_found",),
     "getExportFile": ("not_found", "conflict"),
     "closePeriod": ("conflict",),
+    # not_sealed: not yet in a signed checkpoint; conflict: the ledger no longer matches what was sealed.
+    "getTransactionProof": ("not_found", "not_sealed", "conflict"),
+    "verifySeal": ("not_found",),
+}
+# What a 429 rate_limited carries (draft-ietf-httpapi-ratelimit-headers; every response of a limited class
+# carries the two RateLimit fields).
+RATE_LIMITED_HEADERS: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds until the request would be allowed (rate_limited).",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "RateLimit-Policy": {
+        "description": 'The class\'s policy: `"<class>";q=<burst>;w=<seconds to refill>`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What remains: `"<class>";r=<requests now>;t=<seconds until the burst is whole>`.',
+        "schema": {"type": "string"},
+    },
 }
 # What an idempotent (money-changing) operation may answer because it is idempotent and writes the ledger.
 IDEMPOTENT_CODES = ("idempotency_key_required", "idempotency_key_reused", "unavailable")
@@ -157,7 +176,8 @@ def problem_codes(operation_id: str, handler: HTTPRouteHandler, operation: Mappi
     """Every problem code an operation may answer, derived from its route and `RAISES`."""
     codes: list[str] = []
     if not handler.opt.get("public"):
-        codes += ["unauthorized", "forbidden"]
+        # Every route with a caller is rate-limited per key (entitlements/http/limits.py).
+        codes += ["unauthorized", "forbidden", "rate_limited"]
     if operation.get("parameters") or operation.get("requestBody"):
         codes.append("validation_failed")
     if operation.get("requestBody") and operation_id not in RAW_BODIES:
@@ -183,6 +203,8 @@ def _problem_response(status: int, codes: list[str]) -> dict[str, Any]:
         response["headers"] = {
             "WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}, "required": True},
         }
+    if "rate_limited" in codes:
+        response["headers"] = RATE_LIMITED_HEADERS
     return response
 
 

@@ -6,6 +6,8 @@ injection calls these providers with the request's header, query and state.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -23,7 +25,7 @@ from entitlements.settings import Settings
 
 # The largest `limit` any page takes, whatever PAGE_SIZE_MAX says; the setting may only lower it.
 LIMIT_MAX = 1000
-IDEMPOTENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+IDEMPOTENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$(?!\n)"
 
 UserIdPath = Annotated[
     str,
@@ -40,23 +42,45 @@ UserIdPath = Annotated[
 HEADER_FIELDS = {"idempotency_key_header": "Idempotency-Key"}
 
 
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+IDEMPOTENCY_KEY_FIELD = "Idempotency-Key"
+
+
 def provide_idempotency_key(
+    request: Request[Any, Any, Any],
     idempotency_key_header: Annotated[
         str | None,
         HeaderParameter(
             name="Idempotency-Key",
             required=True,
-            min_length=1,
-            max_length=IDEMPOTENCY_KEY_CHARS_MAX,
-            pattern=IDEMPOTENCY_KEY_PATTERN,
+            # Documented here, checked below on the UTF-8 text: Litestar reads header bytes as Latin-1,
+            # so its own checks would count bytes and take "é" for "Ã©".
+            schema_extra={"minLength": 1, "maxLength": IDEMPOTENCY_KEY_CHARS_MAX, "pattern": IDEMPOTENCY_KEY_PATTERN},
             description="Makes this money-changing request safe to retry: the same key with the same body "
-            "replays the first answer; with another body it is 409 idempotency_key_reused.",
+            "replays the first answer; with another body it is 409 idempotency_key_reused. UTF-8, given once.",
         ),
     ] = None,
 ) -> str:
-    if idempotency_key_header is None:
+    return idempotency_key_from(request.scope["headers"])
+
+
+def idempotency_key_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request's Idempotency-Key as the UTF-8 text the client sent; exactly one, or the request is refused
+    (a proxy or client that sends two would otherwise have one of them silently chosen)."""
+    found = [value for name, value in headers if name == b"idempotency-key"]
+    if not found:
         raise IdempotencyKeyRequired("this request changes money: send an Idempotency-Key header")
-    return idempotency_key_header
+    if len(found) > 1:
+        raise ValidationFailed(IDEMPOTENCY_KEY_FIELD, "is given more than once; send one key")
+    try:
+        key = bytes(found[0]).decode()
+    except UnicodeDecodeError:
+        raise ValidationFailed(IDEMPOTENCY_KEY_FIELD, "is not valid UTF-8") from None
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_CHARS_MAX:
+        raise ValidationFailed(IDEMPOTENCY_KEY_FIELD, f"must be 1-{IDEMPOTENCY_KEY_CHARS_MAX} characters")
+    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise ValidationFailed(IDEMPOTENCY_KEY_FIELD, "must not contain control characters")
+    return key
 
 
 def provide_limit(

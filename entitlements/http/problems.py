@@ -26,6 +26,7 @@ import ledger
 from entitlements.errors import DomainError, ValidationFailed, one_of
 from entitlements.http.body import closed_set
 from entitlements.http.params import HEADER_FIELDS
+from entitlements.http.strict import with_head
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://moments.invalid/problems/"
@@ -44,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "conflict": 409,
     "idempotency_key_reused": 409,
     "not_refundable": 409,
+    "not_sealed": 409,
     "video_unavailable": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
@@ -137,9 +139,21 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Re
     return problem_response(exc.code, exc.detail, request, **exc.extra)
 
 
+def public_detail(error: ledger.LedgerRuleError) -> str:
+    """A ledger refusal in the client's words: the ledger's own messages name its internal keys and hold ids
+    (`generation:…:hold`, `grant:12:…`), which are no business of the client's and stay in the logs."""
+    if isinstance(error, ledger.IdempotencyConflict):
+        return "this Idempotency-Key was already used for a different request"
+    if isinstance(error, ledger.HoldNotOpen):
+        return f"the generation's hold is {error.status}, not open"
+    if isinstance(error, ledger.HoldNotFound):
+        return "the generation's hold does not exist"
+    return str(error)
+
+
 def handle_ledger_refusal(request: Request[Any, Any, Any], exc: ledger.LedgerRuleError) -> Response[Any]:
     code = exc.code if exc.code in STATUS_BY_CODE else "conflict"
-    return problem_response(code, str(exc), request, **ledger_error_extra(exc))
+    return problem_response(code, public_detail(exc), request, **ledger_error_extra(exc))
 
 
 def handle_ledger_unavailable(request: Request[Any, Any, Any], exc: ledger.LedgerUnavailable) -> Response[Any]:
@@ -167,7 +181,9 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         return problem_response("not_found", str(exc.detail), request)
     code = CODE_BY_LITESTAR_STATUS.get(exc.status_code)
     if code is not None:
-        extra_headers = exc.headers or {}
+        extra_headers = {name.lower(): value for name, value in (exc.headers or {}).items()}
+        if "allow" in extra_headers:
+            extra_headers["allow"] = with_head([method.strip() for method in extra_headers["allow"].split(",")])
         response = problem_response(code, str(exc.detail), request)
         response.headers.update(extra_headers)
         return response
@@ -180,7 +196,9 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("unhandled_exception", error_type=type(exc).__name__)
+    # Bad input and unavailable dependencies have answers of their own; what reaches here is a bug. The
+    # line carries the request id (bound for the whole request) the client's 500 points to.
+    log.exception("unhandled_exception", bug=True, error_type=type(exc).__name__)
     return problem_response("internal_error", "internal error; the request id identifies it in the logs", request)
 
 

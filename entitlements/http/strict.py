@@ -100,8 +100,14 @@ def _allow_header(request: Request[Any, Any, Any]) -> str:
         for route in request.app.routes:
             if isinstance(route, HTTPRoute) and route.path == path:
                 methods |= set(route.methods)
-        allow = _allow[path] = ", ".join(sorted(methods))
+        allow = _allow[path] = with_head(methods)
     return allow
+
+
+def with_head(methods: set[str] | list[str]) -> str:
+    """An `Allow` value: the methods, and HEAD wherever GET is (http_semantics answers it)."""
+    found = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    return ", ".join(sorted(found))
 
 
 def options_response(request: Request[Any, Any, Any]) -> Response[None]:

@@ -13,7 +13,8 @@ from entitlements.prompts.schemas import AdviceCreate, AdviceOut
 
 class PromptsController(Controller):
     tags = ["prompts"]
-    opt = {"roles": ROLES}
+    # Quotes and advice compute and change nothing: they count as reads.
+    opt = {"roles": ROLES, "rate_class": "reads"}
 
     @post(
         "/v1/prompts/advice",

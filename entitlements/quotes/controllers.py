@@ -13,7 +13,8 @@ from entitlements.quotes.schemas import PricingOut, QuoteCreate, QuoteOut
 
 class QuotesController(Controller):
     tags = ["pricing"]
-    opt = {"roles": ROLES}
+    # Quotes and advice compute and change nothing: they count as reads.
+    opt = {"roles": ROLES, "rate_class": "reads"}
 
     @get("/v1/pricing", operation_id="getPricing", summary="Every cell of the price table in force")
     async def get_pricing(self, price_table: PriceTable) -> PricingOut:

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from entitlements.keys import create_key
+from entitlements.seal import create_key_file
 from tests.support.database import clone_database, drop_database, dsn_with_database
 from tests.support.http import Api
 from tests.support.processes import RunningProcess, remote_api, running, start_api, start_worker
@@ -96,13 +97,22 @@ def console_processes(
 ) -> Iterator[tuple[RunningProcess, RunningProcess]]:
     """`moments worker` and `moments serve` (with its dispatcher), as `make run` would start them."""
     folder = tmp_path_factory.mktemp("console-stack")
+    # The seal runs as in production: a key outside the database, checkpoints every few transactions.
+    create_key_file(folder / "seal-key.pem")
     worker = start_worker(folder / "worker-videos", wait=False)
     api = start_api(
         console_database_url,
         log_dir=folder,
         worker_url=worker.base_url,
         video_dir=folder / "videos",
-        env={"DISPATCHER_POLL_INTERVAL_S": "0.05", "SWEEP_INTERVAL_S": "1"},
+        env={
+            "DISPATCHER_POLL_INTERVAL_S": "0.05",
+            "SWEEP_INTERVAL_S": "1",
+            "SEAL_KEY_FILE": str(folder / "seal-key.pem"),
+            "SEAL_CHECKPOINT_TRANSACTIONS": "5",
+            "SEAL_CHECKPOINT_INTERVAL_S": "0.2",
+            "SEAL_POLL_INTERVAL_S": "0.05",
+        },
         wait=False,
     )
     with running(worker, api):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from entitlements.settings import Settings
+from entitlements.settings import SealSettings, Settings
 
 
 def settings_for(
@@ -14,10 +14,12 @@ def settings_for(
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
     finance_settings: dict[str, Any] | None = None,
+    seal_settings: SealSettings | None = None,
+    rate_limits: dict[str, Any] | None = None,
     **generation: Any,
 ) -> Settings:
-    """The environment's settings against this database, without a dispatcher unless asked; `api_settings`
-    and `console_settings` replace fields of those concerns (limits, session expiry)."""
+    """The environment's settings against this database, without a dispatcher unless asked; `api_settings`,
+    `console_settings` and `rate_limits` replace fields of those concerns (limits, session expiry)."""
     base = Settings.from_env()
     return dataclasses.replace(
         base,
@@ -26,4 +28,6 @@ def settings_for(
         api=dataclasses.replace(base.api, **(api_settings or {})),
         console=dataclasses.replace(base.console, **(console_settings or {})),
         finance=dataclasses.replace(base.finance, **(finance_settings or {})),
+        seal=seal_settings or base.seal,
+        rate_limits=dataclasses.replace(base.rate_limits, **(rate_limits or {})),
     )

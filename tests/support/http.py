@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from entitlements.app import create_app
 from entitlements.keys import ROLES, create_key
+from entitlements.settings import SealSettings
 from tests.support.app import settings_for
 
 
@@ -43,6 +44,7 @@ async def api_for(
     console_settings: dict[str, Any] | None = None,
     finance_settings: dict[str, Any] | None = None,
     extra_keys: dict[str, tuple[str, str]] | None = None,
+    seal_settings: SealSettings | None = None,
     **generation: Any,
 ) -> AsyncIterator[Api]:
     """The app in process with a key per role (named `test-{role}`), plus `extra_keys` ({who: (role, name)}:
@@ -53,6 +55,7 @@ async def api_for(
             api_settings=api_settings,
             console_settings=console_settings,
             finance_settings=finance_settings,
+            seal_settings=seal_settings,
             **generation,
         )
     )

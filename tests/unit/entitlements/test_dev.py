@@ -44,3 +44,18 @@ def test_the_url_comes_from_the_environment_first_then_from_data(
     assert service.database_url() == "postgresql://postgres@127.0.0.1:1/postgres"
     monkeypatch.setenv("DATABASE_URL", "postgresql://elsewhere/db")
     assert service.database_url() == "postgresql://elsewhere/db"
+
+
+def test_the_development_seal_key_is_made_once_and_kept(in_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SEAL_KEY_FILE", "SEAL_PRIVATE_KEY"):
+        # Set, then removed: monkeypatch then puts back what was there before (ensure_dev_seal_key sets it).
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    first = service.ensure_dev_seal_key()
+    assert first == ".data/seal-key.pem"
+    made = (in_folder / first).read_bytes()
+    assert service.ensure_dev_seal_key() == first
+    assert (in_folder / first).read_bytes() == made
+    monkeypatch.setenv("SEAL_KEY_FILE", str(in_folder / "elsewhere.pem"))
+    assert service.ensure_dev_seal_key() == str(in_folder / "elsewhere.pem")
+    assert (in_folder / "elsewhere.pem").exists()

@@ -76,6 +76,13 @@ def test_defaults() -> None:
     assert generation.retry_backoff_cap_s == 30.0
     assert generation.poll_interval_s == 0.5
     assert generation.sweep_interval_s == 5.0
+    assert generation.open_generations_per_user_max == 20
+
+    limits = settings.rate_limits
+    assert limits.enabled is True
+    assert (limits.generations_per_s, limits.generations_burst) == (20.0, 100)
+    assert (limits.writes_per_s, limits.writes_burst) == (50.0, 200)
+    assert (limits.reads_per_s, limits.reads_burst) == (200.0, 1000)
 
     stripe = settings.stripe
     assert stripe.api_key is None
@@ -185,6 +192,10 @@ def test_a_bad_log_format_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
         ("ADVICE_CACHE_ENTRIES_MAX", 0, 10_000),
         ("EXPORT_LEASE_S", 10, 7 * 86_400),
         ("EXPORT_STATEMENT_TIMEOUT_S", 1, 86_400),
+        ("OPEN_GENERATIONS_PER_USER_MAX", 0, 100_000),
+        ("RATE_LIMIT_GENERATIONS_BURST", 1, 1_000_000),
+        ("RATE_LIMIT_WRITES_BURST", 1, 1_000_000),
+        ("RATE_LIMIT_READS_BURST", 1, 1_000_000),
     ],
 )
 def test_limits_are_accepted_at_their_bounds_and_refused_past_them(

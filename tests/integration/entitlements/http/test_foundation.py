@@ -61,6 +61,10 @@ API_MD_ROLES: dict[str, frozenset[str] | str] = {
     "GET /v1/approvals": frozenset({"support", "admin"}),
     "POST /v1/approvals/{id}/approve": frozenset({"support", "admin"}),
     "POST /v1/approvals/{id}/reject": frozenset({"support", "admin"}),
+    "GET /v1/ledger/seal": frozenset({"finance"}),
+    "GET /v1/ledger/checkpoints": frozenset({"finance"}),
+    "GET /v1/ledger/transactions/{id}/proof": frozenset({"support", "finance"}),
+    "GET /v1/ledger/verify": frozenset({"finance"}),
 }
 # Endpoints that exist today; the contract table must match at least these.
 ENDPOINTS_PRESENT_NOW = {"GET /v1/pricing", "POST /v1/quotes", "POST /v1/prompts/advice"}
@@ -141,7 +145,9 @@ async def test_healthz_and_readyz_answer_200(client: AsyncTestClient[Litestar]) 
     assert health.json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready"}
+    assert ready.json()["status"] == "ready"
+    # Never a reason to take the process out of service, but said: this one has no signing key.
+    assert ready.json()["seal"].startswith("not sealing: no signing key")
 
 
 async def test_readyz_says_not_ready_when_the_database_is_gone(postgres_admin_dsn: str, database_url: str) -> None:
@@ -544,7 +550,10 @@ async def test_null_stays_text_for_a_text_parameter(client: AsyncTestClient[Lite
 
 
 async def test_options_lists_every_method_of_the_path(client: AsyncTestClient[Litestar], keys: dict[str, str]) -> None:
-    for path, allowed in [("/v1/keys", "GET, OPTIONS, POST"), ("/v1/users/user_1/generations", "GET, OPTIONS, POST")]:
+    for path, allowed in [
+        ("/v1/keys", "GET, HEAD, OPTIONS, POST"),
+        ("/v1/users/user_1/generations", "GET, HEAD, OPTIONS, POST"),
+    ]:
         response = await client.options(path, headers=bearer(keys["admin"]))
         assert response.status_code == 204
         assert response.headers["allow"] == allowed

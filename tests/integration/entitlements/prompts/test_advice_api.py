@@ -58,9 +58,17 @@ def codes(advice: list[dict[str, Any]]) -> list[str]:
     return [item["code"] for item in advice]
 
 
+# The calling key's rate-limit state, which every limited request moves (entitlements/limits): not advice.
+NOT_ADVICE = {"rate_limits"}
+
+
 async def row_counts(pool: asyncpg.Pool) -> dict[str, int]:
     tables = await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
-    return {row["tablename"]: await pool.fetchval(f'SELECT count(*) FROM "{row["tablename"]}"') for row in tables}
+    return {
+        row["tablename"]: await pool.fetchval(f'SELECT count(*) FROM "{row["tablename"]}"')
+        for row in tables
+        if row["tablename"] not in NOT_ADVICE
+    }
 
 
 # --- the endpoint -----------------------------------------------------------------------------------------

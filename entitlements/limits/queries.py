@@ -1,0 +1,29 @@
+"""Every SQL statement of the rate limits."""
+
+# One request's check, in one statement, whatever the number of processes: the generic cell rate
+# algorithm on the key's row for the class. `tat` (theoretical arrival time) moves one emission interval
+# ($3 µs) later for each request allowed; a request is allowed while `tat` is at most the tolerance
+# ($4 µs: burst - 1 intervals) ahead of now. The upsert locks the row, so concurrent checks of one key
+# queue on it and each sees the one before. A denied request leaves `tat` where it was (it is not
+# counted). A request whose Idempotency-Key ($5) already has a stored answer is a replay: nothing is
+# counted and the key's row is only read, for the headers.
+CHECK = """
+WITH replay AS (
+    SELECT EXISTS (
+        SELECT FROM api_idempotency
+        WHERE $5::text IS NOT NULL AND caller_key_id = $1 AND idempotency_key = $5 AND response_body IS NOT NULL
+    ) AS stored
+), counted AS (
+    INSERT INTO rate_limits AS r (key_id, endpoint_class, tat, allowed)
+    SELECT $1, $2, statement_timestamp() + $3::interval, true FROM replay WHERE NOT replay.stored
+    ON CONFLICT (key_id, endpoint_class) DO UPDATE SET
+        allowed = greatest(r.tat, statement_timestamp()) <= statement_timestamp() + $4::interval,
+        tat = CASE WHEN greatest(r.tat, statement_timestamp()) <= statement_timestamp() + $4::interval
+                   THEN greatest(r.tat, statement_timestamp()) + $3::interval
+                   ELSE r.tat END
+    RETURNING tat, allowed
+)
+SELECT coalesce(c.tat, (SELECT tat FROM rate_limits WHERE key_id = $1 AND endpoint_class = $2)) AS tat,
+       coalesce(c.allowed, true) AS allowed, replay.stored AS replayed, statement_timestamp() AS now
+FROM replay LEFT JOIN counted c ON true
+"""
