@@ -31,6 +31,7 @@ from entitlements import (
     approvals,
     billing,
     console,
+    finance,
     generations,
     keys,
     limits,
@@ -45,6 +46,7 @@ from entitlements.billing.controllers import BillingController
 from entitlements.console.controllers import TEMPLATES_DIR, ConsoleController, console_static_router
 from entitlements.console.pages import environment
 from entitlements.database import bounded_pool
+from entitlements.finance.controllers import FinanceController
 from entitlements.generations.controllers import GenerationsController
 from entitlements.http import (
     EXCEPTION_HANDLERS,
@@ -86,6 +88,7 @@ CONTROLLERS = (
     BillingController,
     KeysController,
     ApprovalsController,
+    FinanceController,
     SealController,
     WebhookEndpointsController,
     EventsController,
@@ -182,6 +185,7 @@ def dependencies_for(state: State) -> dict[str, Provide]:
         "metrics_readers": _state_value(state, "metrics_readers"),
         "key_cache": _state_value(state, "key_cache"),
         "approval_effects": _state_value(state, "approval_effects"),
+        "export_runner": _state_value(state, "export_runner"),
         "seal_signer": _state_value(state, "seal_signer"),
         "price_table": Provide(provide_price_table, sync_to_thread=False),
         "caller": Provide(provide_caller, sync_to_thread=False),
@@ -227,6 +231,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.metrics_readers = (*readers, *_process_metrics(app.state.admission, app.state.video_store))
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
+        # Exports run in every API process (dispatcher or not): the file is written where it is served.
+        app.state.export_runner = finance.ExportRunner(app.state.pool, settings.finance)
+        app.state.export_runner.start()
         background = await _start_background(app, settings)
         try:
             yield
@@ -260,6 +267,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             video_store=None,
             stripe=None,
             key_cache=None,
+            export_runner=None,
             **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits)},
         )
     )
@@ -381,6 +389,7 @@ async def _shut_down(app: Litestar, background: Sequence[asyncio.Task[None]], ti
         return True
 
     await step("background", _stop_background(app, background))
+    await step("exports", app.state.export_runner.close())
     if app.state.stripe is not None:
         await step("stripe", app.state.stripe.aclose())
     await step("key_cache", app.state.key_cache.close())

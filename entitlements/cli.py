@@ -1,5 +1,5 @@
-"""The `moments` command: dev, migrate, serve, worker, keys (list, create, revoke, rotate), audit, stripe
-(failed, reapply), seal-key, verify."""
+"""The `moments` command: dev, migrate, serve, worker, keys (list, create, revoke, rotate), audit, export,
+stripe (failed, reapply), seal-key, verify."""
 
 from __future__ import annotations
 
@@ -145,6 +145,55 @@ def cmd_audit(_: argparse.Namespace) -> int:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     print("audit passed" if report.ok else "audit FAILED")
     return 0 if report.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The same export as POST /v1/ledger/exports, to a file or stdout; the manifest goes to --manifest (or
+    stderr), as JSON, so stdout carries the body alone."""
+    from pathlib import Path
+
+    import msgspec
+
+    from entitlements import finance
+    from entitlements.errors import ValidationFailed
+    from entitlements.settings import FinanceSettings
+
+    try:
+        body = msgspec.convert(
+            {
+                "dataset": args.dataset,
+                "format": args.format,
+                "after": args.after,
+                "since": args.since,
+                "until": args.until,
+            },
+            finance.ExportCreate,
+            strict=False,
+        )
+        request = finance.request_of(body)
+    except (msgspec.ValidationError, ValidationFailed) as invalid:
+        raise CommandFailed(str(getattr(invalid, "detail", invalid))) from None
+    timeout_ms = FinanceSettings.from_env().export_statement_timeout_s * 1000
+
+    async def export(pool: asyncpg.Pool) -> finance.Manifest:
+        async with pool.acquire() as connection:
+            if args.output == "-":
+                stdout = sys.stdout.buffer
+
+                async def write(chunk: bytes) -> None:
+                    stdout.write(chunk)
+
+                manifest = await finance.write_export(connection, request, write, statement_timeout_ms=timeout_ms)
+                stdout.flush()
+                return manifest
+            return await finance.export_to_file(connection, request, Path(args.output), statement_timeout_ms=timeout_ms)
+
+    manifest = msgspec.json.format(msgspec.json.encode(_on_database(export))).decode()
+    if args.manifest:
+        Path(args.manifest).write_text(manifest + "\n")
+    else:
+        print(manifest, file=sys.stderr)
+    return 0
 
 
 def cmd_seal_key(args: argparse.Namespace) -> int:
@@ -353,6 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="check every ledger invariant; exit 1 if any fails")
     audit.set_defaults(handler=cmd_audit)
 
+    export = commands.add_parser(
+        "export", help="export ledger transactions or postings in commit order, with a manifest (JSON)"
+    )
+    export.add_argument("--dataset", choices=("transactions", "postings"), default="transactions")
+    export.add_argument("--format", choices=("csv", "ndjson"), default="csv")
+    export.add_argument("--after", default=None, help="continue after this commit position (a manifest's through)")
+    export.add_argument("--since", default=None, help="only transactions dated at or after (RFC 3339)")
+    export.add_argument("--until", default=None, help="only transactions dated before (RFC 3339)")
+    export.add_argument("--output", default="-", help="the file to write (default: stdout)")
+    export.add_argument("--manifest", default=None, help="write the manifest here (default: stderr)")
+    export.set_defaults(handler=cmd_export)
     seal_key = commands.add_parser("seal-key", help="create the seal's signing key; print its public key")
     seal_key.add_argument("--out", type=Path, default=None, help="where to write it (default: SEAL_KEY_FILE)")
     seal_key.set_defaults(handler=cmd_seal_key)

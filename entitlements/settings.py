@@ -422,6 +422,27 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FinanceSettings:
+    # Where exports' files are written (and served from): shared storage when several hosts serve the API.
+    export_dir: Path
+    # An export's process holds it this long; past that, another process takes it over (its own died).
+    export_lease_s: int
+    # How long one export's query may run (the API's DB_STATEMENT_TIMEOUT_MS is too short for a big one).
+    export_statement_timeout_s: int
+    # How often a process looks for exports waiting or left behind by a process that died.
+    export_poll_interval_s: float
+
+    @classmethod
+    def from_env(cls) -> FinanceSettings:
+        return cls(
+            export_dir=Path(_text("EXPORT_DIR", ".data/exports")),
+            export_lease_s=_int("EXPORT_LEASE_S", 3600, minimum=10, maximum=7 * 86_400),
+            export_statement_timeout_s=_int("EXPORT_STATEMENT_TIMEOUT_S", 3600, minimum=1, maximum=86_400),
+            export_poll_interval_s=_float("EXPORT_POLL_INTERVAL_S", 10.0, minimum=0.05, maximum=3600),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class SealSettings:
     """The ledger's seal (docs/seal.md). The signing key lives outside the database: a file, or the PEM
     text itself in the environment; never logged."""
@@ -487,6 +508,7 @@ class Settings:
     ledger: LedgerSettings
     stripe: StripeSettings
     console: ConsoleSettings
+    finance: FinanceSettings
     seal: SealSettings
     rate_limits: RateLimitSettings
     webhooks: WebhookSettings
@@ -501,6 +523,7 @@ class Settings:
             ledger=LedgerSettings.from_env(),
             stripe=StripeSettings.from_env(),
             console=ConsoleSettings.from_env(),
+            finance=FinanceSettings.from_env(),
             seal=SealSettings.from_env(),
             rate_limits=RateLimitSettings.from_env(),
             webhooks=WebhookSettings.from_env(),

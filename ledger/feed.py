@@ -56,7 +56,8 @@ def decode_position(cursor: str | None) -> CommitPosition:
 COMMITTED_AFTER = """
     SELECT t.id, t.written_by_xid::text::numeric AS xid
     FROM ledger_transactions t
-    WHERE t.written_by_xid < pg_snapshot_xmin(pg_current_snapshot())
+    -- A scalar subquery: the horizon is taken once per statement, not once per row.
+    WHERE t.written_by_xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
       AND (t.written_by_xid, t.id) > ($1::text::xid8, $2::bigint)
     ORDER BY t.written_by_xid, t.id
     LIMIT $3

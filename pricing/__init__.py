@@ -12,6 +12,7 @@ from pricing.price_table import (
     PriceTable,
     current_table,
     load_tables,
+    parse_table,
 )
 from pricing.quotes import InvalidQuoteRequest, Quote, quote
 
@@ -33,5 +34,6 @@ __all__ = [
     "current_table",
     "load_catalog",
     "load_tables",
+    "parse_table",
     "quote",
 ]

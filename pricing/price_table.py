@@ -162,17 +162,25 @@ def _sorted_and_distinct(tables: list[PriceTable]) -> tuple[PriceTable, ...]:
 
 
 def _load_table(path: Path) -> PriceTable:
-    file_name = path.name
     try:
-        with path.open("rb") as file:
-            raw = tomllib.load(file)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidPriceTable(f"{path.name}: {error}") from error
+    return parse_table(text, path.name, expected_version=path.stem)
+
+
+def parse_table(text: str, file_name: str, *, expected_version: str | None = None) -> PriceTable:
+    """A table from its TOML text, validated exactly as a published one is at start-up (a draft for the
+    price what-if comes through here too). `expected_version`: the version its file name promises."""
+    try:
+        raw = tomllib.loads(text)
         # builtin_types: effective_from must be a TOML datetime, not a string that happens to parse.
         table_file = msgspec.convert(raw, _TableFile, builtin_types=(datetime,))
-    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as error:
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError, RecursionError) as error:
         raise InvalidPriceTable(f"{file_name}: {error}") from error
-    if table_file.version != path.stem:
+    if expected_version is not None and table_file.version != expected_version:
         raise InvalidPriceTable(
-            f"{file_name}: version {table_file.version!r} does not match the file name {path.stem!r}"
+            f"{file_name}: version {table_file.version!r} does not match the file name {expected_version!r}"
         )
     if table_file.currency != CURRENCY:
         raise InvalidPriceTable(f"{file_name}: currency must be {CURRENCY!r}, got {table_file.currency!r}")

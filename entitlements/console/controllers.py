@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
@@ -33,7 +33,7 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 import ledger
-from entitlements import accounts, approvals, billing, console, generations, seal, webhooks
+from entitlements import accounts, approvals, billing, console, finance, generations, seal, webhooks
 from entitlements.approvals import APPROVAL_ID_MAX, ApprovalDecision, ApprovalEffect
 from entitlements.console import ConsoleSession
 from entitlements.database import is_unavailable
@@ -84,7 +84,11 @@ SECURITY_HEADERS = {
 
 # What each route shows or does, as the API operations whose roles it takes (`opt["mirrors"]`).
 ANY_PAGE = ("getUserLedger", "listGenerations", "auditLedger", "reconcileStripe", "listApprovals")
-FINANCE = ("auditLedger", "reconcileStripe", "getSeal")
+FINANCE = ("auditLedger", "reconcileStripe", "getRollforward", "listExports", "getSeal")
+ExportRunner = NamedDependency[finance.ExportRunner]
+ExportIdPath = Annotated[str, PathParameter(min_length=1, max_length=100)]
+# What a finance page lists at once: closed periods beside the roll-forward.
+PERIODS_LISTED = 12
 Effects = NamedDependency[Mapping[str, ApprovalEffect]]
 ImageIdQuery = Annotated[
     str | None, QueryParameter(min_length=1, max_length=IMAGE_ID_CHARS_MAX, pattern=IMAGE_ID_PATTERN)
@@ -613,6 +617,51 @@ class ConsoleController(Controller):
         report = await billing.reconcile(read_pool, since=window_since, until=window_until)
         return render(request, "finance/reconciliation.html", report=report, since=since or "", until=until or "")
 
+    @get("/finance/rollforward", opt={"mirrors": ("getRollforward",)})
+    async def rollforward(
+        self,
+        request: Request[Any, Any, Any],
+        pool: Pool,
+        since: Annotated[str | None, QueryParameter(max_length=40)] = None,
+        until: Annotated[str | None, QueryParameter(max_length=40)] = None,
+    ) -> Template:
+        window_since, window_until = _window(since, until) if since or until else _last_month()
+        report = await finance.rollforward(pool, since=window_since, until=window_until)
+        periods = await finance.list_periods(pool, limit=PERIODS_LISTED, cursor=None)
+        return render(
+            request,
+            "finance/rollforward.html",
+            report=report,
+            periods=periods.items,
+            since=since or f"{report.since:%Y-%m-%d}",
+            until=until or f"{report.until:%Y-%m-%d}",
+        )
+
+    @get("/finance/exports", opt={"mirrors": ("listExports",)})
+    async def exports_page(self, request: Request[Any, Any, Any], pool: Pool, cursor: CursorQuery = None) -> Template:
+        page = await finance.list_exports(pool, limit=ROWS_PER_PAGE, cursor=cursor)
+        template = "partials/exports_table.html" if _is_htmx(request) else "finance/exports.html"
+        return render(
+            request, template, exports=page, working=any(e.status in {"pending", "running"} for e in page.items)
+        )
+
+    @post("/finance/exports", opt={"mirrors": ("createExport",)}, status_code=200)
+    async def create_export(
+        self, request: Request[Any, Any, Any], pool: Pool, export_runner: ExportRunner
+    ) -> Response[Any]:
+        fields = await _form(request)
+        since, until = _window(fields.get("since") or None, fields.get("until") or None)
+        values = {"dataset": fields.get("dataset", ""), "format": fields.get("format", "")}
+        values |= {name: bound.isoformat() for name, bound in (("since", since), ("until", until)) if bound}
+        body = _struct(finance.ExportCreate, values)
+        accepted = await finance.create_export(pool, export_runner, _session(request).caller, body)
+        return _go(request, f"/console/finance/exports?created={accepted.id}")
+
+    @get("/finance/exports/{export_id:str}/file", opt={"mirrors": ("getExportFile",)})
+    async def export_download(self, pool: Pool, settings: AppSettings, export_id: ExportIdPath) -> File:
+        path, export = await finance.export_file(pool, settings.finance, export_id)
+        return File(path=path, media_type=finance.MEDIA_TYPES[export.format], filename=path.name)
+
     @get("/finance/seal", opt={"mirrors": ("getSeal", "verifySeal")})
     async def seal(
         self,
@@ -625,6 +674,11 @@ class ConsoleController(Controller):
         seal_status = await seal.status(pool, settings.seal, seal_signer)
         verification = await seal.verify_window(pool, settings.seal, seal_signer, checkpoint=None) if verify else None
         return render(request, "finance/seal.html", seal=seal_status, verification=verification, settings=settings.seal)
+
+
+def _last_month() -> tuple[datetime, datetime]:
+    this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (this_month - timedelta(days=1)).replace(day=1), this_month
 
 
 def _granted_id(answer: accounts.GrantAnswer) -> int:

@@ -62,6 +62,27 @@ def kind_series(totals: Sequence[Any]) -> dict[str, list[Any]]:
     }
 
 
+# The roll-forward's flows in the order the page reads them: into the liability, then out of it.
+INFLOWS = ("sold", "subscription_grants", "promotions", "refunds_to_users", "clawback_reversals")
+OUTFLOWS = ("revenue", "breakage", "clawbacks")
+
+
+def flow_rows(report: Any) -> list[tuple[str, int, str]]:
+    """(flow, moments, sign) for the roll-forward's table: + for what came in, - for what went out."""
+    return [(name, getattr(report.flows, name), "+") for name in INFLOWS] + [
+        (name, getattr(report.flows, name), MINUS) for name in OUTFLOWS
+    ]
+
+
+def flow_series(report: Any) -> dict[str, list[Any]]:
+    """The period's flows for the chart: inflows upward, outflows downward."""
+    return {
+        "labels": [name.replace("_", " ") for name in (*INFLOWS, *OUTFLOWS)],
+        "values": [getattr(report.flows, name) for name in INFLOWS]
+        + [-getattr(report.flows, name) for name in OUTFLOWS],
+    }
+
+
 def environment(directory: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(directory),
@@ -79,5 +100,7 @@ def environment(directory: Path) -> jinja2.Environment:
         valid_user_id=is_user_id,
         balance_series=balance_series,
         kind_series=kind_series,
+        flow_rows=flow_rows,
+        flow_series=flow_series,
     )
     return env

@@ -73,6 +73,10 @@ RAISES: dict[str, tuple[str, ...]] = {
     "rotateKey": ("not_found", "conflict"),
     "approveApproval": ("not_found", "conflict", "not_refundable", "unavailable"),
     "rejectApproval": ("not_found", "conflict"),
+    "getAccountBalance": ("not_found",),
+    "getExport": ("not_found",),
+    "getExportFile": ("not_found", "conflict"),
+    "closePeriod": ("conflict",),
     # not_sealed: not yet in a signed checkpoint; conflict: the ledger no longer matches what was sealed.
     "getTransactionProof": ("not_found", "not_sealed", "conflict"),
     "verifySeal": ("not_found",),
@@ -110,6 +114,13 @@ RAW_BODIES: dict[str, dict[str, Any]] = {
         "required": True,
         "content": {"application/json": {"schema": {"type": "object", "description": "A Stripe event object."}}},
     },
+}
+
+_TEXT_BODY: dict[str, Any] = {"schema": {"type": "string"}}
+# Successful answers in more than the handler's one media type (a `format` parameter chooses), by operation.
+EXTRA_RESPONSE_CONTENT: dict[str, dict[str, Any]] = {
+    "getRollforward": {"text/csv; charset=utf-8": _TEXT_BODY},
+    "getExportFile": {"text/csv; charset=utf-8": _TEXT_BODY, "application/x-ndjson": _TEXT_BODY},
 }
 
 PROBLEM_JSON_SCHEMA: dict[str, Any] = {
@@ -257,6 +268,15 @@ def _complete_operation(
     operation["description"] = (description.rstrip() + "\n\n" if description else "") + _roles_line(handler)
 
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    for response in responses.values():
+        # Litestar documents a file's Last-Modified as an RFC 3339 date-time; it is an HTTP-date (RFC 9110).
+        modified = response.get("headers", {}).get("last-modified") if isinstance(response, dict) else None
+        if isinstance(modified, dict) and isinstance(modified.get("schema"), dict):
+            modified["schema"] = {"type": "string", "description": "An HTTP-date: Wed, 02 Dec 2026 04:03:27 GMT."}
+            modified["description"] = "When the file last changed (RFC 9110 HTTP-date)"
+    for media_type, content in EXTRA_RESPONSE_CONTENT.get(operation_id, {}).items():
+        success = responses.setdefault("200", {"description": "OK"})
+        success.setdefault("content", {})[media_type] = copy.deepcopy(content)
     by_status: dict[int, list[str]] = {}
     for code in problem_codes(operation_id, handler, operation):
         by_status.setdefault(STATUS_BY_CODE[code], []).append(code)

@@ -119,6 +119,7 @@ def ledger_error_extra(error: ledger.LedgerRuleError) -> dict[str, Any]:
 
 
 _BACKTICKED = re.compile(r"`([^`]+)`")
+_MISSING = re.compile(r"[Mm]issing required (?:query |header |path |cookie )?parameter '([^']+)'")
 
 
 def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException) -> list[dict[str, Any]]:
@@ -143,6 +144,10 @@ def _validation_errors(request: Request[Any, Any, Any], exc: ValidationException
             else:
                 field = "body"
         errors.append({"field": field, "message": message})
+    missing = _MISSING.search(str(exc.detail))
+    if not errors and missing:
+        # Litestar names a missing required parameter only in its detail.
+        return [{"field": HEADER_FIELDS.get(missing.group(1), missing.group(1)), "message": "is required"}]
     return errors or [{"field": "body", "message": str(exc.detail)}]
 
 

@@ -59,10 +59,15 @@ def _typed_parameters(request: Request[Any, Any, Any], handler: HTTPRouteHandler
         dependencies = handler.resolve_dependencies()
         signatures = [handler.parsed_fn_signature, *(provide.parsed_fn_signature for provide in dependencies.values())]
         typed = {}
+        # A parameter of the handler's own wins over one of the same name in a dependency it may not even
+        # use (the console's text `since` beside the API's `window`, whose `since` is a date-time).
+        own = set(handler.parsed_fn_signature.parameters)
         for signature in signatures:
             for name, field in signature.parameters.items():
                 kwarg = field.kwarg_definition
                 if name in RESERVED_KWARGS or name in dependencies or isinstance(kwarg, DependencyKwarg):
+                    continue
+                if signature is not handler.parsed_fn_signature and name in own:
                     continue
                 if isinstance(kwarg, ParameterKwarg) and (kwarg.header or kwarg.cookie):
                     continue

@@ -77,7 +77,7 @@ WHERE e.user_id = $1 AND e.sequence > $2 ORDER BY e.sequence LIMIT $3
 # Every user's events in commit order (ledger/feed.py's rule): only below this snapshot's horizon.
 EVENTS_IN_COMMIT_ORDER = f"""
 SELECT {_EVENT_COLUMNS}, e.written_by_xid::text::numeric AS xid FROM webhook_events e
-WHERE e.written_by_xid < pg_snapshot_xmin(pg_current_snapshot())
+WHERE e.written_by_xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
   AND (e.written_by_xid, e.id) > ($1::text::xid8, $2::bigint)
 ORDER BY e.written_by_xid, e.id
 LIMIT $3

@@ -13,6 +13,7 @@ def settings_for(
     *,
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
+    finance_settings: dict[str, Any] | None = None,
     seal_settings: SealSettings | None = None,
     rate_limits: dict[str, Any] | None = None,
     webhook_settings: dict[str, Any] | None = None,
@@ -27,6 +28,7 @@ def settings_for(
         generation=dataclasses.replace(base.generation, **({"dispatcher_enabled": False} | generation)),
         api=dataclasses.replace(base.api, **(api_settings or {})),
         console=dataclasses.replace(base.console, **(console_settings or {})),
+        finance=dataclasses.replace(base.finance, **(finance_settings or {})),
         seal=seal_settings or base.seal,
         rate_limits=dataclasses.replace(base.rate_limits, **(rate_limits or {})),
         # No deliverer unless asked (the webhook tests start their own), receivers on loopback allowed.

@@ -42,6 +42,7 @@ async def api_for(
     *,
     api_settings: dict[str, Any] | None = None,
     console_settings: dict[str, Any] | None = None,
+    finance_settings: dict[str, Any] | None = None,
     extra_keys: dict[str, tuple[str, str]] | None = None,
     seal_settings: SealSettings | None = None,
     **generation: Any,
@@ -53,6 +54,7 @@ async def api_for(
             database_url,
             api_settings=api_settings,
             console_settings=console_settings,
+            finance_settings=finance_settings,
             seal_settings=seal_settings,
             **generation,
         )

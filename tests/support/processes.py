@@ -68,6 +68,7 @@ _SETTING_PREFIXES = (
     "BALANCE_LOW_",
     "ADMISSION_",
     "VIDEO_STORE_",
+    "EXPORT_",
 )
 
 
@@ -210,6 +211,8 @@ def start_api(
     if not dispatcher:
         command.append("--no-dispatcher")
     overrides = {"DATABASE_URL": database_url, "DB_POOL_SIZE_MAX": "10", "DB_POOL_SIZE_MIN": "1"}
+    # Exports are written beside the process's log, never into the work tree.
+    overrides["EXPORT_DIR"] = str(log_dir / "exports")
     if worker_url is not None:
         overrides["GENERATION_WORKER_URL"] = worker_url
     if video_dir is not None:

@@ -16,6 +16,13 @@
           data: { labels: data.labels, datasets: [{ label: "Available after", data: data.values, borderColor: "#0b57d0", stepped: true, fill: false }] },
           options: { animation: false, responsive: true, plugins: { legend: { display: false } }, scales: { x: { display: false }, y: { beginAtZero: true } } }
         };
+      } else if (canvas.dataset.chart === "flows") {
+        config = {
+          type: "bar",
+          data: { labels: data.labels, datasets: [{ label: "Moments (in +, out -)", data: data.values,
+            backgroundColor: data.values.map(function (v) { return v < 0 ? "#b71c1c" : "#1b5e20"; }) }] },
+          options: { animation: false, responsive: true, plugins: { legend: { display: false } } }
+        };
       } else {
         config = {
           type: "bar",

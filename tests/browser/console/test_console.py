@@ -7,6 +7,7 @@ the page shows against what the API answers for the same user.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,8 @@ async def test_finance_sees_the_books_but_is_refused_a_refund(page: Any, console
     assert (await entitlements(console, user))["balance"]["available"] == 1_000 - video["charged"] - 50
 
     await page.click("nav >> text=Finance")
-    assert await page.locator("#coming-later").count() == 1
+    # Every finance page is built now: nothing is marked as coming later.
+    assert await page.locator("#coming-later").count() == 0
     await page.click("text=Ledger audit")
     assert await page.get_attribute("#audit-result", "data-ok") == "true"
     await page.goto(console.url("/console/finance/reconciliation"))
@@ -300,6 +302,46 @@ async def test_finance_sees_the_books_but_is_refused_a_refund(page: Any, console
     await page.screenshot(path=str(console.screenshots / "finance-reconciliation-1280.png"), full_page=True)
     await page.goto(console.url("/console/finance/audit"))
     await page.screenshot(path=str(console.screenshots / "finance-audit-1280.png"), full_page=True)
+
+
+async def test_finance_rolls_the_liability_forward_and_exports_the_ledger(page: Any, console: Console) -> None:
+    user = unique("books")
+    await premium_user_with_videos(console, user, moments=1_000, videos=1)
+    await sign_in(page, console, "finance")
+    await page.goto(console.url("/console/finance"))
+    await page.click("text=Roll-forward")
+    await page.fill("#since", "2026-01-01")
+    await page.fill("#until", "2100-01-01")
+    await page.click("form.filter button[type=submit]")
+    await page.wait_for_url(re.compile(r".*/console/finance/rollforward\?since=2026-01-01.*"))
+    assert await page.get_attribute("#rollforward-result", "data-ties") == "true"
+    await page.wait_for_function("() => document.getElementById('rollforward-chart').dataset.drawn === '1'")
+    liability = (await api_rollforward(console))["closing"]["liability"]
+    assert figure(await page.inner_text("#closing-liability")) == liability
+    await page.screenshot(path=str(console.screenshots / "finance-rollforward-1280.png"), full_page=True)
+
+    await page.goto(console.url("/console/finance"))
+    await page.click("text=Exports")
+    await page.select_option("#dataset", "postings")
+    await page.select_option("#format", "csv")
+    await page.click("#export-form button[type=submit]")
+    row = page.locator("#exports-table tr[data-status=done]").first
+    await row.wait_for()
+    async with page.expect_download() as waiting:
+        await row.locator("text=Download").click()
+    download = await waiting.value
+    body = Path(await download.path()).read_bytes()
+    assert hashlib.sha256(body).hexdigest() in await row.inner_text()
+    assert body.startswith(b"transaction_id,account,amount")
+    await page.screenshot(path=str(console.screenshots / "finance-exports-1280.png"), full_page=True)
+
+
+async def api_rollforward(console: Console) -> Any:
+    response = await console.api.get(
+        "/v1/ledger/rollforward", "finance", since="2026-01-01T00:00:00Z", until="2100-01-01T00:00:00Z"
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 async def test_finance_sees_the_seal_catch_up_and_verifies_it(page: Any, console: Console) -> None:
@@ -370,6 +412,8 @@ async def test_the_pages_have_no_serious_accessibility_violations(page: Any, con
         ("finance", "/console/finance"),
         ("audit", "/console/finance/audit"),
         ("reconciliation", "/console/finance/reconciliation"),
+        ("rollforward", "/console/finance/rollforward"),
+        ("exports", "/console/finance/exports"),
         ("seal", "/console/finance/seal?verify=true"),
     ):
         await page.goto(console.url(path))

@@ -99,6 +99,11 @@ def test_defaults() -> None:
     assert stripe.api_base is None
     assert stripe.webhook_tolerance_s == 300
 
+    assert settings.finance.export_dir == Path(".data/exports")
+    assert settings.finance.export_lease_s == 3600
+    assert settings.finance.export_statement_timeout_s == 3600
+    assert settings.finance.export_poll_interval_s == 10.0
+
 
 def test_blank_values_mean_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in INT_VARIABLES + FLOAT_VARIABLES + BOOL_VARIABLES + ["DATABASE_URL", "STRIPE_API_KEY"]:
@@ -194,6 +199,8 @@ def test_a_bad_log_format_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
         ("STRIPE_EVENT_DEPTH_MAX", 16, 512),
         ("STRIPE_LOOKUP_RETRIES_MAX", 0, 5),
         ("ADVICE_CACHE_ENTRIES_MAX", 0, 10_000),
+        ("EXPORT_LEASE_S", 10, 7 * 86_400),
+        ("EXPORT_STATEMENT_TIMEOUT_S", 1, 86_400),
         ("OPEN_GENERATIONS_PER_USER_MAX", 0, 100_000),
         ("RATE_LIMIT_GENERATIONS_BURST", 1, 1_000_000),
         ("RATE_LIMIT_WRITES_BURST", 1, 1_000_000),

@@ -72,6 +72,9 @@ EXAMPLE_BODIES: dict[str, dict[str, Any]] = {
         "events": ["generation.succeeded"],
         "description": "probe",
     },
+    "createExport": {"dataset": "postings", "format": "csv", "after": None, "since": None, "until": None},
+    "closePeriod": {"period": "2001-01"},
+    "priceWhatIf": {"table": "x = 1", "since": "2026-11-01T00:00:00Z", "until": "2026-12-01T00:00:00Z"},
 }
 
 
