@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,10 @@ from tests.support.generations import (
     wait_final,
 )
 from tests.support.http import api_for
-from tests.support.processes import RunningProcess, unused_worker_url, worker_process
+from tests.support.processes import RunningProcess, unused_worker_url
 
 USER = "fault-user"
 POLL_INTERVAL_S = 0.1
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
-    with worker_process(tmp_path_factory.mktemp("worker") / "videos") as running:
-        yield running
 
 
 def dispatching(database_url: str, worker_url: str, video_dir: Path, **overrides: Any) -> Any:

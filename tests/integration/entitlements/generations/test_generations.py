@@ -65,12 +65,6 @@ POLL_INTERVAL_S = 0.1
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
-    with worker_process(tmp_path_factory.mktemp("worker") / "videos") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def failing_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
     with worker_process(tmp_path_factory.mktemp("failing-worker") / "videos", failure_rate=1.0) as running:
         yield running

@@ -22,10 +22,10 @@ from litestar.testing import AsyncTestClient
 import ledger
 from entitlements.app import create_app
 from entitlements.generations import service as generations
-from entitlements.keys import ROLES, create_key
 from tests.support.app import settings_for
 from tests.support.generations import body, create, fresh_key, premium_user, price_of
 from tests.support.http import Api
+from tests.support.processes import create_role_keys
 
 # Practically no refill within a test: one request per thousand seconds.
 SLOW_PER_S = 0.001
@@ -42,18 +42,10 @@ def limited(**classes: tuple[float, int]) -> dict[str, Any]:
     return settings
 
 
-async def role_keys(database_url: str) -> dict[str, str]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return {role: (await create_key(connection, role=role, name=f"test-{role}")).key for role in ROLES}
-    finally:
-        await connection.close()
-
-
 @asynccontextmanager
 async def apps(database_url: str, count: int, **settings: Any) -> AsyncIterator[list[Api]]:
     """`count` app instances on one database (as many processes would be), sharing the same keys."""
-    keys = await role_keys(database_url)
+    keys = await create_role_keys(database_url)
     async with AsyncExitStack() as stack:
         found = []
         for _ in range(count):
