@@ -20,8 +20,14 @@ AXE_DIR := $(STATIC_DIR)/axe
 # The browser tests drive Debian's Chromium: installed with apt when it is missing and we are root (as CI
 # is); otherwise those tests are skipped with one line saying what to install.
 CHROMIUM := /usr/bin/chromium
+# The PgBouncer run (`make pgbouncer`, part of `make test`): the end-to-end tests and the chaos suite's
+# database scenarios again, every API process through a real PgBouncer in transaction mode (Debian's
+# package, installed with apt like Chromium; skipped with one line without it).
+PGBOUNCER := /usr/sbin/pgbouncer
+PGBOUNCER_TESTS := tests/e2e tests/chaos/test_faults.py::test_postgres_killed_and_restarted \
+	tests/chaos/test_faults.py::test_postgres_stalled
 
-.PHONY: run test lint bench lock clean unit integration e2e browser chromium chaos
+.PHONY: run test lint bench lock clean unit integration e2e browser chromium chaos pgbouncer pgbouncer-package
 
 # The virtualenv is rebuilt from the committed lock whenever the lock or the project metadata changes.
 $(STAMP): requirements.lock pyproject.toml $(ASSETS_STAMP)
@@ -49,11 +55,22 @@ chromium:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "could not install chromium: the browser tests will be skipped"; }
 
+pgbouncer-package:
+	@test -x $(PGBOUNCER) || [ "$$(id -u)" != 0 ] || { echo "installing Debian's pgbouncer for the PgBouncer tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
+		|| echo "could not install pgbouncer: the PgBouncer tests will be skipped"; }
+
 run: $(STAMP)
 	$(BIN)/moments dev
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium pgbouncer-package
 	$(BIN)/python -m pytest tests
+	@$(MAKE) --no-print-directory pgbouncer
+
+# PgBouncer's own tests (tests/integration/pgbouncer) run in `make integration`; this is the second pass.
+pgbouncer: $(STAMP) pgbouncer-package
+	@if test -x $(PGBOUNCER); then MOMENTS_TEST_PGBOUNCER=1 $(BIN)/python -m pytest $(PGBOUNCER_TESTS); \
+	else echo "skipped the PgBouncer run of the e2e and chaos database tests: apt-get install pgbouncer"; fi
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

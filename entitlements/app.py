@@ -109,6 +109,28 @@ class DatabaseUnreachable(RuntimeError):
     """The database did not answer: one line for the operator, not a traceback."""
 
 
+def server_settings(settings: Settings) -> dict[str, str]:
+    """What each pooled connection asks of PostgreSQL when it opens. Behind PgBouncer in transaction mode
+    only application_name, which PgBouncer knows and sets on whichever server connection serves the
+    client: it refuses any other startup parameter (unless told to ignore it, when it would be silently
+    lost), and a server connection is shared by every client. There the statement timeout is the
+    role's or database's (docs/operations.md, "PgBouncer") and the client's command_timeout."""
+    wanted = {"application_name": "moments"}
+    if settings.database.pool_mode == "session":
+        wanted["statement_timeout"] = str(settings.database.statement_timeout_ms)
+    return wanted
+
+
+def ledger_transaction_settings(settings: Settings) -> dict[str, str]:
+    """SET LOCAL in every ledger transaction, sent with the statement that opens it, so free of a round
+    trip, and right whichever server connection a pooler gives the transaction: the threshold the balance
+    trigger reads (migrations/0011_webhooks.sql), and the statement timeout of the money path."""
+    return {
+        "statement_timeout": str(settings.database.statement_timeout_ms),
+        "moments.balance_low_threshold_moments": str(settings.webhooks.balance_low_threshold_moments),
+    }
+
+
 async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Pool:
     url = url or settings.database.url
     if url is None:
@@ -122,12 +144,8 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
             connect_timeout_s=db.connect_timeout_s,
             acquire_timeout_s=db.acquire_timeout_s,
             command_timeout_s=db.command_timeout_s,
-            server_settings={
-                "statement_timeout": str(db.statement_timeout_ms),
-                "application_name": "moments",
-                # Read by the trigger that fires balance.low/depleted/recovered (migrations/0011_webhooks.sql).
-                "moments.balance_low_threshold_moments": str(settings.webhooks.balance_low_threshold_moments),
-            },
+            statement_cache_size=db.statement_cache_size,
+            server_settings=server_settings(settings),
             reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -137,7 +155,8 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
 async def _keep_session(_connection: asyncpg.Connection) -> None:
     """Returning a connection to the pool costs no round trip: asyncpg still rolls back an open
     transaction, and nothing here leaves session state behind (settings are SET LOCAL, no LISTEN or
-    advisory lock on pooled connections), so its default RESET ALL / UNLISTEN * query has nothing to do."""
+    advisory lock on pooled connections), so its default RESET ALL / UNLISTEN * query has nothing to do.
+    Behind PgBouncer in transaction mode there is no session to reset in any case."""
 
 
 def _state_value(state: State, name: str) -> Provide:
@@ -216,13 +235,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 committers=settings.ledger.committers,
                 observe_batch=observe_ledger_batch,
             ),
+            transaction_settings=ledger_transaction_settings(settings),
         )
         await app.state.ledger.start()
         app.state.key_cache = keys.KeyCache(
             ttl_s=settings.api.api_key_cache_ttl_s, entries_max=settings.api.api_key_cache_entries_max
         )
-        assert settings.database.url is not None, "create_pool refused to start without it"
-        app.state.key_cache.start(settings.database.url)
+        # LISTEN needs a session of its own: DATABASE_DIRECT_URL, never a transaction-mode pooler.
+        direct_url = settings.database.direct
+        assert direct_url is not None, "create_pool refused to start without DATABASE_URL"
+        app.state.key_cache.start(direct_url)
         app.state.admission = generations.Admission(app.state.pool, settings.generation)
         app.state.video_store = generations.VideoStore(
             settings.generation.video_dir,

@@ -40,9 +40,15 @@ def _database_url() -> str:
         raise CommandFailed(f"{missing}; set it, or start `make run` first") from None
 
 
+def _direct_database_url() -> str:
+    """DATABASE_DIRECT_URL when set: the commands take session-level locks (migrations), run long reads
+    (audit, export) or prepare statements, none of which belongs on a transaction-mode pooler."""
+    return os.environ.get("DATABASE_DIRECT_URL", "").strip() or _database_url()
+
+
 def _against_database(run: Callable[[str], Coroutine[Any, Any, T]]) -> T:
-    """Runs `run` with the database's URL, turning 'it does not answer' into one line."""
-    url = _database_url()
+    """Runs `run` with the database's direct URL, turning 'it does not answer' into one line."""
+    url = _direct_database_url()
     try:
         return asyncio.run(run(url))
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -269,16 +275,20 @@ def cmd_stripe_reapply(args: argparse.Namespace) -> int:
     import pricing
     from entitlements import billing
     from entitlements.billing.schemas import StripeEventOut
-    from entitlements.settings import StripeSettings
+    from entitlements.settings import StripeSettings, WebhookSettings
 
     settings = StripeSettings.from_env()
+    # What the service's ledger transactions carry (entitlements/app.py), for the balance trigger.
+    threshold = WebhookSettings.from_env().balance_low_threshold_moments
+    transaction_settings = {"moments.balance_low_threshold_moments": str(threshold)}
     actor = f"cli:{getpass.getuser()}"
 
     async def reapply(pool: asyncpg.Pool) -> list[StripeEventOut]:
         # Events are applied in their own transactions with Ledger.execute_in: no group committer needed.
         gateway = billing.make_gateway(settings)
         try:
-            led, catalog = ledger.Ledger(pool), pricing.load_catalog()
+            led = ledger.Ledger(pool, transaction_settings=transaction_settings)
+            catalog = pricing.load_catalog()
             return [
                 await billing.reapply_event(pool, led, catalog, gateway, settings, event_id, actor=actor)
                 for event_id in args.event_ids
@@ -365,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--worker-port", type=int, default=WORKER_PORT_DEFAULT)
     dev.set_defaults(handler=cmd_dev)
 
-    migrate = commands.add_parser("migrate", help="apply migrations/ to DATABASE_URL")
+    migrate = commands.add_parser("migrate", help="apply migrations/ to DATABASE_DIRECT_URL, else DATABASE_URL")
     migrate.set_defaults(handler=cmd_migrate)
 
     serve = commands.add_parser("serve", help="the API, with the dispatcher and sweeper")

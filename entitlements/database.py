@@ -55,6 +55,7 @@ async def bounded_pool(
     connect_timeout_s: float,
     acquire_timeout_s: float,
     command_timeout_s: float,
+    statement_cache_size: int = 100,
     server_settings: dict[str, str],
     reset: Any = None,
 ) -> asyncpg.Pool:
@@ -75,6 +76,7 @@ async def bounded_pool(
         record_class=asyncpg.Record,
         timeout=connect_timeout_s,
         command_timeout=command_timeout_s,
+        statement_cache_size=statement_cache_size,
         server_settings=server_settings,
     )
     await pool

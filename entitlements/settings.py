@@ -68,6 +68,24 @@ def _bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+# DATABASE_POOL_MODE: what sits between the service and PostgreSQL. "session": PostgreSQL itself, or a pooler
+# that gives each client connection one server connection for its whole life (PgBouncer's pool_mode=session).
+# "transaction": PgBouncer's pool_mode=transaction, where consecutive transactions of one client connection
+# may run on different server connections (docs/operations.md, "PgBouncer").
+PoolMode = Literal["session", "transaction"]
+POOL_MODES: tuple[PoolMode, ...] = ("session", "transaction")
+# asyncpg's own default: prepared statements kept per connection (what the service runs, plus a margin).
+STATEMENT_CACHE_SIZE_DIRECT = 100
+
+
+def _choice(name: str, default: PoolMode, choices: tuple[PoolMode, ...]) -> PoolMode:
+    raw = os.environ.get(name, "").strip().lower() or default
+    for choice in choices:
+        if raw == choice:
+            return choice
+    raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DatabaseSettings:
     url: str | None
@@ -78,6 +96,22 @@ class DatabaseSettings:
     connect_timeout_s: float
     # The longest a caller waits for a pool connection (and for one to be handed back) before 503.
     acquire_timeout_s: float = 3.0
+    # Where LISTEN and the migrations go: PostgreSQL itself, never a transaction-mode pooler (None: `url`).
+    direct_url: str | None = None
+    pool_mode: PoolMode = "session"
+
+    @property
+    def direct(self) -> str | None:
+        """The URL of a connection that keeps its session: DATABASE_DIRECT_URL, else DATABASE_URL."""
+        return self.direct_url or self.url
+
+    @property
+    def statement_cache_size(self) -> int:
+        """asyncpg's prepared-statement cache per connection. 0 behind a transaction-mode pooler, as asyncpg
+        documents for PgBouncer: a statement prepared on one server connection is unknown on the next, and
+        PgBouncer 1.18 does not carry them over. asyncpg then uses the unnamed statement, parsed and bound
+        in one exchange (no Sync between them), which stays on one server connection."""
+        return 0 if self.pool_mode == "transaction" else STATEMENT_CACHE_SIZE_DIRECT
 
     @property
     def command_timeout_s(self) -> float:
@@ -99,6 +133,8 @@ class DatabaseSettings:
             statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 15_000, minimum=100, maximum=600_000),
             connect_timeout_s=_float("DB_CONNECT_TIMEOUT_S", 10.0, minimum=0.1, maximum=120.0),
             acquire_timeout_s=_float("DB_ACQUIRE_TIMEOUT_S", 3.0, minimum=0.1, maximum=60.0),
+            direct_url=_optional("DATABASE_DIRECT_URL"),
+            pool_mode=_choice("DATABASE_POOL_MODE", "session", POOL_MODES),
         )
 
 

@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from ledger.companions import Companion
-from ledger.engine import PLAN_SETTINGS, Connection, Engine, Outcome
+from ledger.engine import Connection, Engine, Outcome
 from ledger.operations import AnyOperation, LedgerUnavailable
 
 # What a caller queues: an operation alone, or a companion with its operation (ledger/companions.py);
@@ -148,9 +148,9 @@ class Batcher:
 
     async def _execute(self, connection: Connection, items: list[Item]) -> list[Answer]:
         """One database transaction for the batch; returns once it has committed."""
-        # BEGIN and the planner settings in one round trip.
+        # BEGIN and the transaction's settings in one round trip.
         began = time.perf_counter()
-        await connection.execute(f"BEGIN; {PLAN_SETTINGS}")
+        await connection.execute(f"BEGIN; {self._engine.settings_sql}")
         try:
             answers = await self._apply(connection, items)
             # COMMIT of a transaction that failed is answered ROLLBACK, not an error.

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -62,6 +62,24 @@ PLAN_SETTINGS = (
     "SET LOCAL random_page_cost = 1.1; SET LOCAL enable_seqscan = off; SET LOCAL enable_material = off;"
     " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 )
+# A setting's name as SET LOCAL takes it unquoted: a PostgreSQL parameter, or a custom one (`moments.x`).
+_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+
+def transaction_settings_sql(settings: Mapping[str, str]) -> str:
+    """PLAN_SETTINGS and `settings` as one string of SET LOCAL commands, sent with the statement that
+    already opens each ledger transaction (no round trip of their own). SET LOCAL, not settings of the
+    session: behind a transaction-mode pooler (PgBouncer) the next transaction may run on another server
+    connection, and what a trigger reads (the webhook threshold) must be there whichever it is."""
+    parts = [PLAN_SETTINGS]
+    for name, value in settings.items():
+        if not _SETTING_NAME.match(name):
+            raise ValueError(f"not a setting's name: {name!r}")
+        quoted = value.replace("'", "''")
+        parts.append(f"SET LOCAL {name} = '{quoted}'")
+    return "; ".join(parts)
+
+
 # Batches of at least this many operations are written in two statements, the first with this share.
 SPLIT_OPERATIONS_MIN = 64
 FIRST_PART_SHARE = 0.4
@@ -97,10 +115,12 @@ class IdPool:
 
 
 class Engine:
-    """Per-database state that never changes once read: the system accounts' ids."""
+    """Per-database state that never changes once read: the system accounts' ids; and what every ledger
+    transaction is SET LOCAL with (PLAN_SETTINGS and the caller's `transaction_settings`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transaction_settings: Mapping[str, str] | None = None) -> None:
         self._system_account_ids: dict[str, int] | None = None
+        self.settings_sql = transaction_settings_sql(transaction_settings or {})
 
     async def system_account_ids(self, connection: Connection) -> dict[str, int]:
         if self._system_account_ids is None:
@@ -120,11 +140,11 @@ class Engine:
         planned: bool = False,
     ) -> list[Outcome]:
         """Applies `operations` in order inside the caller's open transaction. `planned`: the transaction
-        already runs with PLAN_SETTINGS (the batcher sets them with its BEGIN)."""
+        already runs with `settings_sql` (the batcher sends them with its BEGIN)."""
         assert connection.is_in_transaction(), "the ledger writes only inside a transaction"
         if not planned:
             # For the rest of the caller's transaction too: a plan cached now is reused by later batches.
-            await connection.execute(PLAN_SETTINGS)
+            await connection.execute(self.settings_sql)
         now = now or datetime.now(UTC)
         outcomes: list[Outcome | None] = [None] * len(operations)
         valid: list[int] = []

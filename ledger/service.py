@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -159,9 +159,17 @@ def _transaction_item(row: asyncpg.Record) -> TransactionItem:
 
 
 class Ledger:
-    def __init__(self, pool: asyncpg.Pool, *, batch_settings: BatchSettings | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        batch_settings: BatchSettings | None = None,
+        transaction_settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """`transaction_settings`: SET LOCAL in every transaction that writes the ledger, for what the
+        caller's triggers read there (the service's webhook threshold, its statement timeout)."""
         self.pool = pool
-        self.engine = Engine()
+        self.engine = Engine(transaction_settings)
         self._batcher = Batcher(pool, self.engine, batch_settings)
 
     async def start(self) -> None:

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
+from entitlements.dev import pgbouncer
 from tests.support.database import (
     clone_database,
     create_template,
@@ -12,10 +13,23 @@ from tests.support.database import (
     dsn_with_database,
     postgres_server,
 )
+from tests.support.pgbouncer import skip_reason, stop_all, through_pgbouncer
 from tests.support.stripe_fake import FakeStripe, fake_stripe
 
 
+def pytest_report_header() -> str | None:
+    return "API processes reach PostgreSQL through PgBouncer (transaction mode)" if through_pgbouncer() else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A run asked to go through PgBouncer without one would test nothing of what it was asked.
+    if through_pgbouncer() and not pgbouncer.installed():
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=skip_reason()))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_all()
     # pytest already exits 5 when it collects nothing; say so loudly so nobody reads it as a pass.
     if session.testscollected == 0:
         print("\nERROR: no tests were collected; a test run that runs nothing is a failure.")

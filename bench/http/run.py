@@ -5,6 +5,8 @@
 - Moments: GET /healthz, GET /v1/pricing, POST /v1/quotes, GET /v1/users/{id}/entitlements,
   POST /v1/users/{id}/grants, POST /v1/users/{id}/generations over many users and all on one user
   (dispatcher off, so only the request path is measured);
+- GET entitlements and POST generations again through PgBouncer in transaction mode (when installed),
+  each right after its direct figure (bench/http/through_pgbouncer.py);
 - pgbench tpcb-like on the same server;
 - the dispatcher's throughput with the bundled worker in its instant mode, beside the creation rate;
 - a soak at half the measured peak with the dispatcher and worker on: RSS and p99 at its start and end.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -29,12 +32,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 
 import migrations
-from bench.http import wrk
+from bench.http import through_pgbouncer, wrk
 from bench.ledger import cpu
 from bench.ledger.pgbench import Pgbench, PgbenchResult
 from bench.ledger.run import create_databases, machine, median_of, postmaster_pid, progress
@@ -165,6 +169,17 @@ class Server:
     def stop(self) -> None:
         stop(self.process)
         self._log.close()
+
+
+class BouncedServer(Server):
+    """The Moments server with its pools through PgBouncer; its CPU counts PgBouncer's process too."""
+
+    def __init__(self, bouncer: through_pgbouncer.pgbouncer.PgBouncer, target: str, **server: Any) -> None:
+        super().__init__(target, **server)
+        self.bouncer = bouncer
+
+    def cpu_s(self) -> float:
+        return through_pgbouncer.cpu_s_with(super().cpu_s(), self.bouncer)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log_name: str) -> None:
@@ -475,7 +490,24 @@ def run(options: argparse.Namespace) -> Report:
         servers = {"bare": bare, "moments": moments, "limited": limited}
         chosen = scenarios(keys, users, hot_user)
         names = [name for name in chosen if not options.only or name in options.only or name.startswith("bare")]
-        with running(bare, "/"), running(moments, "/readyz"), running(limited, "/readyz"):
+        bounced = contextlib.ExitStack()
+        if through_pgbouncer.available():
+            with contextlib.ExitStack() as starting:
+                bouncer = starting.enter_context(through_pgbouncer.bouncer_for(dsn))
+                bounced_env = through_pgbouncer.env_for(env, bouncer, dsn)
+                log_path = work_dir / "moments-pgbouncer.log"
+                server = BouncedServer(
+                    bouncer, MOMENTS_APP, env=bounced_env, workers=workers, threads=threads, log_path=log_path
+                )
+                servers["pgbouncer"] = starting.enter_context(running(server, "/readyz"))
+                bounced = starting.pop_all()
+            for direct, variant in through_pgbouncer.VARIANTS.items():
+                _, label, request = chosen[direct]
+                chosen[variant] = ("pgbouncer", through_pgbouncer.labelled(label), request)
+            names = [name for name in through_pgbouncer.figure_names(names) if name in chosen]
+        else:
+            progress(through_pgbouncer.skip_line())
+        with bounced, running(bare, "/"), running(moments, "/readyz"), running(limited, "/readyz"):
             progress(f"funding {len(users):,} users and one hot user (PREMIUM, moments through grants)")
             asyncio.run(fund(moments.url, keys.admin, users, USER_FUNDS))
             asyncio.run(fund(moments.url, keys.admin, [hot_user], HOT_USER_FUNDS))
@@ -758,6 +790,7 @@ def render(report: Report) -> str:
         shown = "n/a" if value is None else f"{value:.2f}"
         relation = "<=" if "at most" in what else ">="
         lines.append(f"    {what:<40}{shown:>8}   {'PASS' if met else 'FAIL'} (goal {relation} {goal:g})")
+    lines += through_pgbouncer.ratio_lines(lambda name, baseline: median(ratio_rounds(report, name, baseline)))
     if report.dispatch:
         dispatch = report.dispatch
         lines += [

@@ -1,10 +1,14 @@
 """Each process remembers the API keys it has seen, so a request costs no database round trip for its key.
 
 Revocation is still seen at once: every change to a key row notifies `moments_api_keys` on commit (a
-trigger, migrations/0005), and a listener connection of each process drops that key. The cache trusts
-itself only while it listens: until the listener is connected, after it drops, or once an entry is
-`ttl_s` old, keys are read from PostgreSQL. A read that raced a notification is not stored (the
-invalidation counter moved during the read), so a revoked key cannot slip back in.
+trigger, migrations/0005), and a listener connection of each process drops that key, then says so on
+`moments_api_keys_heard`. A revocation through the API answers once as many processes have said so as
+were listening when it began (at most HEARD_WAIT_S later): a notification reaches each listener when
+PostgreSQL's backend serving it is next scheduled, so without the acknowledgements another process
+could still serve the key for a moment after the answer on a busy machine. The cache trusts itself only
+while it listens: until the listener is connected, after it drops, or once an entry is `ttl_s` old, keys
+are read from PostgreSQL. A read that raced a notification is not stored (the invalidation counter moved
+during the read), so a revoked key cannot slip back in.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -24,9 +29,25 @@ from entitlements.keys.service import LAST_USED_RESOLUTION_S, Caller, hash_key, 
 
 log = structlog.get_logger("moments.keys.cache")
 LISTEN_RETRY_S = 1.0
-# How long a revocation waits for its own notification to come back, at most.
+# How long a revocation waits for the listeners' acknowledgements, at most (a listener counted but gone).
 HEARD_WAIT_S = 1.0
 LISTEN_CONNECT_TIMEOUT_S = 5.0
+# How the listener's connection is told apart in pg_stat_activity (the pools' are `moments`).
+LISTENER_APPLICATION_NAME = "moments-key-listener"
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A change waiting for `needed` listeners to acknowledge it."""
+
+    needed: int
+    heard: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def count(self) -> None:
+        self.heard += 1
+        if self.heard >= self.needed:
+            self.done.set()
 
 
 class KeyCache:
@@ -37,8 +58,10 @@ class KeyCache:
         self._invalidations = 0
         self._listening = False
         self._task: asyncio.Task[None] | None = None
+        self._acknowledger: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
-        self._expected: dict[int, list[asyncio.Event]] = {}
+        self._expected: dict[int, list[_Waiter]] = {}
+        self._acknowledgements: asyncio.Queue[tuple[asyncpg.Connection[Any], int]] = asyncio.Queue()
 
     @property
     def listening(self) -> bool:
@@ -75,45 +98,63 @@ class KeyCache:
     def start(self, dsn: str) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._listen_forever(dsn), name="api-key-listener")
+            self._acknowledger = asyncio.create_task(self._acknowledge_forever(), name="api-key-acknowledger")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._acknowledger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._acknowledger = None
         self._stop_trusting()
 
     def _stop_trusting(self) -> None:
         self._listening = False
         self.forget(None)
 
-    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+    def _on_notification(self, connection: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
             key_id = int(str(payload))
         except ValueError:
             key_id = None
         self.forget(key_id)
-        for heard in self._expected.pop(key_id, []) if key_id is not None else []:
-            heard.set()
+        if key_id is not None:
+            # Forgotten: now say so, for the process that made the change.
+            self._acknowledgements.put_nowait((connection, key_id))
+
+    def _on_heard(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        with contextlib.suppress(ValueError):
+            for waiter in self._expected.get(int(str(payload)), []):
+                waiter.count()
+
+    async def _acknowledge_forever(self) -> None:
+        """One acknowledgement at a time on the listener's connection (it runs one statement at a time)."""
+        while True:
+            connection, key_id = await self._acknowledgements.get()
+            if not connection.is_closed():
+                with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await connection.execute(queries.ACKNOWLEDGE, queries.HEARD_CHANNEL, str(key_id))
 
     @contextlib.asynccontextmanager
-    async def change_heard(self, key_id: int) -> AsyncIterator[None]:
-        """Around a change to a key: on leaving, waits (at most HEARD_WAIT_S) until this process has heard
-        the change's notification, which every listening process is sent at the same commit. So when a
-        revocation answers, the other processes have heard of it too, but for one still busy reading."""
-        heard = asyncio.Event()
-        self._expected.setdefault(key_id, []).append(heard)
+    async def change_heard(self, key_id: int, pool: asyncpg.Pool) -> AsyncIterator[None]:
+        """Around a change to a key: on leaving, waits (at most HEARD_WAIT_S) until every process that was
+        listening when it began (this one included) has forgotten the key and said so. A process that
+        starts listening later starts with an empty cache. So when a revocation answers, no process
+        serves the key any more."""
+        needed = await pool.fetchval(queries.COUNT_LISTENERS, LISTENER_APPLICATION_NAME) if self._listening else 0
+        waiter = _Waiter(needed=max(int(needed or 0), 1))
+        self._expected.setdefault(key_id, []).append(waiter)
         try:
             yield
             self.forget(key_id)
             if self._listening:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(heard.wait(), HEARD_WAIT_S)
+                    await asyncio.wait_for(waiter.done.wait(), HEARD_WAIT_S)
         finally:
             waiting = self._expected.get(key_id, [])
-            if heard in waiting:
-                waiting.remove(heard)
+            if waiter in waiting:
+                waiting.remove(waiter)
                 if not waiting:
                     del self._expected[key_id]
 
@@ -126,8 +167,15 @@ class KeyCache:
             connection: asyncpg.Connection[Any] | None = None
             try:
                 self._lost.clear()
-                connection = await asyncpg.connect(dsn, timeout=LISTEN_CONNECT_TIMEOUT_S)
+                # A session of its own (DATABASE_DIRECT_URL): LISTEN lasts as long as the session does, which a
+                # transaction-mode pooler would end with the LISTEN's own transaction.
+                connection = await asyncpg.connect(
+                    dsn,
+                    timeout=LISTEN_CONNECT_TIMEOUT_S,
+                    server_settings={"application_name": LISTENER_APPLICATION_NAME},
+                )
                 connection.add_termination_listener(self._on_termination)
+                await connection.add_listener(queries.HEARD_CHANNEL, self._on_heard)
                 await connection.add_listener(queries.KEYS_CHANNEL, self._on_notification)
                 # Whatever changed while nobody listened is unknown: start from an empty cache.
                 self.forget(None)

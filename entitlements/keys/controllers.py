@@ -31,8 +31,8 @@ class KeysController(Controller):
 
     @post("/{key_id:int}/revoke", operation_id="revokeKey", summary="Revoke a key, at once", status_code=200)
     async def revoke_key(self, pool: Pool, key_cache: KeyCacheOfProcess, key_id: KeyIdPath) -> KeyOut:
-        # Answered once the revocation's notification has gone round (keys/cache.py).
-        async with key_cache.change_heard(key_id):
+        # Answered once every listening process has forgotten the key (keys/cache.py).
+        async with key_cache.change_heard(key_id, pool):
             return await service.revoke_key(pool, key_id)
 
     @post(
@@ -42,5 +42,5 @@ class KeysController(Controller):
         status_code=201,
     )
     async def rotate_key(self, pool: Pool, key_cache: KeyCacheOfProcess, key_id: KeyIdPath) -> KeyCreated:
-        async with key_cache.change_heard(key_id):
+        async with key_cache.change_heard(key_id, pool):
             return await service.rotate_key(pool, key_id)

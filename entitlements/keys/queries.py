@@ -2,6 +2,14 @@
 
 # Notified by a trigger on every change to a key row (migrations/0005); the payload is the key's id.
 KEYS_CHANNEL = "moments_api_keys"
+# Each listening process, once it has forgotten a changed key, says so here (the payload: the key's id), so
+# the process that made the change can answer only once every listener has (keys/cache.py).
+HEARD_CHANNEL = "moments_api_keys_heard"
+ACKNOWLEDGE = "SELECT pg_notify($1, $2)"
+# The processes listening now: their listener connections, by application_name, on this database.
+COUNT_LISTENERS = """
+SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1
+"""
 
 INSERT_KEY = """
 INSERT INTO api_keys (name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4)

@@ -25,6 +25,7 @@ import httpx
 from entitlements.dev.embedded_db import free_port
 from entitlements.keys import ROLES, create_key
 from tests.support.http import Api
+from tests.support.pgbouncer import api_database_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S_MAX = 30.0
@@ -38,6 +39,8 @@ _SETTING_NAMES = frozenset(
     {
         "DATABASE_URL",
         "DATABASE_REPLICA_URL",
+        "DATABASE_DIRECT_URL",
+        "DATABASE_POOL_MODE",
         "GENERATION_WORKER_URL",
         "VIDEO_DIR",
         "IMAGE_DIR",
@@ -210,7 +213,8 @@ def start_api(
     command = [sys.executable, "-m", "entitlements.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if not dispatcher:
         command.append("--no-dispatcher")
-    overrides = {"DATABASE_URL": database_url, "DB_POOL_SIZE_MAX": "10", "DB_POOL_SIZE_MIN": "1"}
+    # Through PgBouncer when the run says so (MOMENTS_TEST_PGBOUNCER, `make pgbouncer`).
+    overrides = api_database_settings(database_url) | {"DB_POOL_SIZE_MAX": "10", "DB_POOL_SIZE_MIN": "1"}
     # Exports are written beside the process's log, never into the work tree.
     overrides["EXPORT_DIR"] = str(log_dir / "exports")
     if worker_url is not None:

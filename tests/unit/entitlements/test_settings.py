@@ -22,7 +22,9 @@ def _names(reader: str) -> list[str]:
 INT_VARIABLES = _names("_int")
 FLOAT_VARIABLES = _names("_float")
 BOOL_VARIABLES = _names("_bool")
-ALL_VARIABLES = sorted(set(INT_VARIABLES + FLOAT_VARIABLES + BOOL_VARIABLES + _names("_text") + _names("_optional")))
+ALL_VARIABLES = sorted(
+    set(INT_VARIABLES + FLOAT_VARIABLES + BOOL_VARIABLES + _names("_text") + _names("_optional") + _names("_choice"))
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +49,9 @@ def test_defaults() -> None:
     assert settings.database.pool_size_max == 20
     assert settings.database.statement_timeout_ms == 15_000
     assert settings.database.connect_timeout_s == 10.0
+    assert settings.database.direct_url is None
+    assert settings.database.pool_mode == "session"
+    assert settings.database.statement_cache_size == 100
 
     assert settings.api.page_size_default == 50
     assert settings.api.page_size_max == 200
@@ -293,3 +298,21 @@ def test_the_stripe_event_limits_default() -> None:
     assert (stripe.event_attempts_max, stripe.event_depth_max) == (20, 64)
     assert (stripe.lookup_timeout_s, stripe.lookup_retries_max) == (5.0, 1)
     assert stripe.livemode is False
+
+
+def test_behind_pgbouncer_in_transaction_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://moments@pgbouncer:6432/moments")
+    monkeypatch.setenv("DATABASE_POOL_MODE", "Transaction")
+    database = Settings.from_env().database
+    assert database.pool_mode == "transaction"
+    assert database.statement_cache_size == 0
+    # LISTEN and the migrations fall back to DATABASE_URL until DATABASE_DIRECT_URL says otherwise.
+    assert database.direct == "postgresql://moments@pgbouncer:6432/moments"
+    monkeypatch.setenv("DATABASE_DIRECT_URL", "postgresql://moments@db:5432/moments")
+    assert Settings.from_env().database.direct == "postgresql://moments@db:5432/moments"
+
+
+def test_an_unknown_pool_mode_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_POOL_MODE", "statement")
+    with pytest.raises(SettingsError, match="DATABASE_POOL_MODE must be one of session, transaction"):
+        Settings.from_env()

@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from entitlements.keys import KeyCache, create_key, revoke_key
+from entitlements.keys import KeyCache, create_key, queries, revoke_key
+from entitlements.keys import cache as key_cache_module
+from entitlements.keys.cache import LISTENER_APPLICATION_NAME
 
 NOTIFICATION_WAIT_S = 2.0
+ACKNOWLEDGED_WAIT_S = 10.0
 
 
 @pytest.fixture
@@ -136,3 +139,31 @@ async def test_the_cache_is_bounded_and_an_expired_entry_is_read_again(pool: asy
     finally:
         await pool.execute("ALTER TABLE api_keys ENABLE TRIGGER api_keys_notify_update")
         await short.close()
+
+
+async def test_a_revocation_answers_only_once_every_listening_process_has_forgotten_the_key(
+    cache: KeyCache, pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's listener, played by hand: it hears the revocation but has not said it forgot
+    the key, so the revocation has not answered; it answers as soon as that listener says so (long
+    before its bound, raised here so that only the acknowledgement can end the wait)."""
+    monkeypatch.setattr(key_cache_module, "HEARD_WAIT_S", ACKNOWLEDGED_WAIT_S * 3)
+    created = await create_key(pool, role="service", name="two-listeners")
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    other = await asyncpg.connect(database_url, server_settings={"application_name": LISTENER_APPLICATION_NAME})
+    try:
+        await other.add_listener(queries.KEYS_CHANNEL, lambda *args: heard.put_nowait(str(args[3])))
+
+        async def revoke() -> None:
+            async with cache.change_heard(created.api_key.id, pool):
+                await revoke_key(pool, created.api_key.id)
+
+        revocation = asyncio.create_task(revoke())
+        assert await asyncio.wait_for(heard.get(), NOTIFICATION_WAIT_S) == str(created.api_key.id)
+        # This process has heard it too and said so (its own acknowledgement), yet it still waits.
+        await asyncio.sleep(0.1)
+        assert not revocation.done()
+        await other.execute(queries.ACKNOWLEDGE, queries.HEARD_CHANNEL, str(created.api_key.id))
+        await asyncio.wait_for(revocation, ACKNOWLEDGED_WAIT_S)
+    finally:
+        await other.close()

@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 
 from entitlements.keys import KEY_PREFIX
+from entitlements.keys.cache import LISTENER_APPLICATION_NAME
+from entitlements.keys.queries import COUNT_LISTENERS
 from tests.support.http import Api, api_for
 from tests.support.processes import create_role_keys, remote_api, running, start_api
 
@@ -139,6 +141,15 @@ async def test_the_key_list_pages_with_a_cursor_and_refuses_a_forged_one(api: Ap
     assert forged.json()["errors"][0]["field"] == "cursor"
 
 
+async def listeners(database_url: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        count: int = await connection.fetchval(COUNT_LISTENERS, LISTENER_APPLICATION_NAME)
+    finally:
+        await connection.close()
+    return count
+
+
 async def test_a_key_revoked_through_one_process_is_refused_by_another_at_once(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -146,6 +157,12 @@ async def test_a_key_revoked_through_one_process_is_refused_by_another_at_once(
     first = start_api(database_url, log_dir=tmp_path / "first", dispatcher=False, wait=False)
     second = start_api(database_url, log_dir=tmp_path / "second", dispatcher=False, wait=False)
     with running(first, second):
+        # Both caches listening (each connects its listener beside serving): a process not listening yet
+        # caches nothing, and one that revokes before its own listener is up cannot hear the others.
+        for _ in range(1000):
+            if await listeners(database_url) == 2:
+                break
+            await asyncio.sleep(0.01)
         async with remote_api(first.base_url, keys) as one, remote_api(second.base_url, keys) as other:
             created = await create(one)
             raw_key = created["key"]

@@ -353,7 +353,8 @@ async def test_a_lease_that_lapsed_lets_another_deliverer_send_the_same_webhook_
 async def test_the_threshold_setting_reaches_the_trigger(
     database_url: str, receiver: Receiver, make_deliverer: Callable[..., Deliverer]
 ) -> None:
-    """BALANCE_LOW_THRESHOLD_MOMENTS goes to PostgreSQL with every pooled connection of the service."""
+    """BALANCE_LOW_THRESHOLD_MOMENTS goes to PostgreSQL with every ledger transaction of the service (SET
+    LOCAL, sent with the statement that opens it)."""
     async with api_for(database_url, webhook_settings={"balance_low_threshold_moments": 500}) as api:
         created = await register(api, receiver.url, ["balance.recovered", "balance.low"])
         await grant(api, "thr", 100)  # the first operation: no balance event
