@@ -78,6 +78,14 @@ class DatabaseSettings:
     connect_timeout_s: float
     # The longest a caller waits for a pool connection (and for one to be handed back) before 503.
     acquire_timeout_s: float = 3.0
+    # Reads routed to DATABASE_REPLICA_URL (entitlements/reads.py) go to the primary instead while the
+    # replica may be more than this far behind it (or does not answer).
+    replica_lag_max_s: float = 2.0
+    # How often each process measures the replica's lag; well under the bound, which is checked per read.
+    replica_check_interval_s: float = 0.5
+    # The replica's connect and pool-acquire bound, and the lag probe's: a dead replica costs a read this
+    # long at most before it is served by the primary.
+    replica_timeout_s: float = 1.0
 
     @property
     def command_timeout_s(self) -> float:
@@ -88,6 +96,8 @@ class DatabaseSettings:
     def __post_init__(self) -> None:
         if self.pool_size_min > self.pool_size_max:
             raise SettingsError("DB_POOL_SIZE_MIN must not exceed DB_POOL_SIZE_MAX")
+        if self.replica_check_interval_s >= self.replica_lag_max_s:
+            raise SettingsError("DATABASE_REPLICA_CHECK_INTERVAL_S must be less than DATABASE_REPLICA_LAG_MAX_S")
 
     @classmethod
     def from_env(cls) -> DatabaseSettings:
@@ -99,6 +109,9 @@ class DatabaseSettings:
             statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 15_000, minimum=100, maximum=600_000),
             connect_timeout_s=_float("DB_CONNECT_TIMEOUT_S", 10.0, minimum=0.1, maximum=120.0),
             acquire_timeout_s=_float("DB_ACQUIRE_TIMEOUT_S", 3.0, minimum=0.1, maximum=60.0),
+            replica_lag_max_s=_float("DATABASE_REPLICA_LAG_MAX_S", 2.0, minimum=0.1, maximum=3600.0),
+            replica_check_interval_s=_float("DATABASE_REPLICA_CHECK_INTERVAL_S", 0.5, minimum=0.05, maximum=600.0),
+            replica_timeout_s=_float("DATABASE_REPLICA_TIMEOUT_S", 1.0, minimum=0.1, maximum=60.0),
         )
 
 
