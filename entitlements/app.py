@@ -160,6 +160,7 @@ async def create_reads(settings: Settings, primary: asyncpg.Pool) -> reads.Reads
     return reads.Reads(
         primary,
         replica,
+        replica_url=db.replica_url,
         lag_max_s=db.replica_lag_max_s,
         check_interval_s=db.replica_check_interval_s,
         timeout_s=db.replica_timeout_s,

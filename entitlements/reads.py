@@ -81,9 +81,13 @@ REPLICA_SERVING = Gauge("moments_replica_serving", "1 while routed reads go to t
 # Samples of the primary's WAL position kept: enough for a replica this many bounds behind to be measured.
 SAMPLES_PER_BOUND = 4
 SAMPLES_MIN = 16
-# Errors that say the query, not the replica, failed: retried on the primary without marking it down
-# (40001 is also a hot standby's "conflict with recovery").
-QUERY_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
+# A statement the replica's server timed out is slow, not unserved: running it again on the primary would
+# double the wait, so it is answered 503 like any statement timeout.
+NOT_RETRIED_SQLSTATES = frozenset({"57014"})
+# SQLSTATEs that say the replica itself is out: connection exceptions (08), and admin shutdown, crash
+# shutdown, cannot connect now (57P01-57P03). Other retried errors (a recovery conflict, 40001; the pool's
+# own acquire timeout when it is busy) say nothing about the replica's health.
+REPLICA_OUT_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 # PostgreSQL's WAL page (wal_block_size, 8 kB unless built otherwise) and the largest page header (the
 # first page of a segment): an insert position just past a page's header is where the next record will
 # go, while a replica that replayed the record ending at that page's start reports the page's start.
@@ -100,9 +104,23 @@ def replayed_past(replayed: int, inserted: int) -> bool:
     return into_page <= WAL_PAGE_HEADER_BYTES_MAX and replayed >= inserted - into_page
 
 
-def _replica_failed(error: BaseException) -> bool:
-    """Whether `error` says the replica itself is out (refused, reset, timed out, shutting down)."""
-    return is_unavailable(error) and str(getattr(error, "sqlstate", "") or "") not in QUERY_SQLSTATES
+def _sqlstate(error: BaseException) -> str:
+    return str(getattr(error, "sqlstate", "") or "")
+
+
+def _retried_on_primary(error: BaseException) -> bool:
+    return is_unavailable(error) and _sqlstate(error) not in NOT_RETRIED_SQLSTATES
+
+
+def _replica_out(error: BaseException) -> bool:
+    """Whether `error` says the replica itself is out (refused, reset, closed, shutting down); a timeout
+    may be a busy pool, and the monitor's own probe judges those."""
+    if isinstance(error, TimeoutError):
+        return False
+    if isinstance(error, OSError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+        return True
+    state = _sqlstate(error)
+    return state.startswith("08") or state in REPLICA_OUT_SQLSTATES
 
 
 class ReplicaPool(BoundedPool):
@@ -117,9 +135,9 @@ class ReplicaPool(BoundedPool):
         self.reads: Reads | None = None
 
     def _fallback(self, error: BaseException) -> asyncpg.Pool:
-        if self.reads is None or not is_unavailable(error):
+        if self.reads is None or not _retried_on_primary(error):
             raise error
-        if _replica_failed(error):
+        if _replica_out(error):
             self.reads.replica_failed(error)
         log.info("replica_read_fell_back", error=repr(error)[:200])
         return self.reads.primary
@@ -153,6 +171,7 @@ class Reads:
         primary: asyncpg.Pool,
         replica: asyncpg.Pool | None = None,
         *,
+        replica_url: str | None = None,
         lag_max_s: float,
         check_interval_s: float,
         timeout_s: float,
@@ -164,6 +183,9 @@ class Reads:
         self.check_interval_s = check_interval_s
         self.timeout_s = timeout_s
         self._clock = clock
+        self._replica_url = replica_url
+        # The monitor's own connection: a replica pool that is merely busy must not read as a replica down.
+        self._probe: asyncpg.Connection | None = None
         # The monotonic time before which everything the primary flushed is visible on the replica.
         self._fresh_as_of = -math.inf
         self._down: str | None = "not checked yet"
@@ -221,12 +243,9 @@ class Reads:
         else:
             self.primary_was_at(asked_at, int(inserted))
         try:
-            async with self._replica.acquire(timeout=self.timeout_s) as connection:
-                row = await connection.fetchrow(
-                    "SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn() AS replayed",
-                    timeout=self.timeout_s,
-                )
+            row = await self._probe_replica()
         except Exception as error:
+            self._drop_probe()
             if not is_unavailable(error):
                 raise
             self.replica_failed(error)
@@ -237,6 +256,24 @@ class Reads:
             self._down = "not a standby"
             return
         self.replica_is_at(int(row["replayed"]))
+
+    async def _probe_replica(self) -> asyncpg.Record | None:
+        query = "SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn() AS replayed"
+        assert self._replica_url is not None, "a replica is measured through a connection of its own"
+        if self._probe is None or self._probe.is_closed():
+            self._probe = await asyncpg.connect(
+                self._replica_url,
+                timeout=self.timeout_s,
+                command_timeout=self.timeout_s,
+                server_settings={"application_name": "moments-replica-monitor"},
+            )
+        return await self._probe.fetchrow(query, timeout=self.timeout_s)
+
+    def _drop_probe(self) -> None:
+        # Terminated, not closed: a replica that stopped answering would hold a polite close too.
+        if self._probe is not None:
+            self._probe.terminate()
+            self._probe = None
 
     def primary_was_at(self, asked_at: float, inserted: int) -> None:
         """A sample: the primary's WAL insert position, asked at monotonic time `asked_at`."""
@@ -271,6 +308,7 @@ class Reads:
         REPLICA_SERVING.set(1.0 if self.state == "ok" else 0.0)
 
     async def close(self) -> None:
+        self._drop_probe()
         if self._replica is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._replica.close(), self.timeout_s)

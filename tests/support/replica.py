@@ -126,9 +126,12 @@ async def template_on(pair: ReplicaPair) -> str:
 
 
 @contextlib.asynccontextmanager
-async def api_with_replica(primary_url: str, replica_url: str, **database: Any) -> AsyncIterator[Api]:
+async def api_with_replica(
+    pair: ReplicaPair, primary_url: str, replica_url: str, **database: Any
+) -> AsyncIterator[Api]:
     """The app in process against `primary_url`, its routed reads against `replica_url`; `database` replaces
-    DatabaseSettings fields (the lag bound, the check interval). Keys as tests/support/http.py makes them."""
+    DatabaseSettings fields (the lag bound, the check interval). Keys as tests/support/http.py makes them,
+    replayed before the app starts, so that its first measurement finds the replica caught up."""
     base = settings_for(primary_url)
     settings = dataclasses.replace(
         base, database=dataclasses.replace(base.database, replica_url=replica_url, **database)
@@ -139,5 +142,6 @@ async def api_with_replica(primary_url: str, replica_url: str, **database: Any) 
         keys = {role: (await create_key(connection, role=role, name=f"test-{role}")).key for role in ROLES}
     finally:
         await connection.close()
+    await pair.wait_caught_up()
     async with AsyncTestClient(app=app) as client:
         yield Api(client, keys)

@@ -26,6 +26,8 @@ POLL_S = 0.05
 TIGHT = {"replica_lag_max_s": 0.5, "replica_check_interval_s": 0.05, "replica_timeout_s": 0.5}
 # So loose that a paused replica stays "fresh": every routed read then provably comes from it.
 LOOSE = {"replica_lag_max_s": 3600.0, "replica_check_interval_s": 0.05}
+# A monitor that measures once at start and not again during the test: what changes is the requests' doing.
+UNWATCHED = {"replica_lag_max_s": 3600.0, "replica_check_interval_s": 600.0}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ async def available(api: Api, user: str) -> int:
 async def test_routed_reads_come_from_the_replica_and_own_writes_from_the_primary(
     pair: ReplicaPair, urls: tuple[str, str], replay_paused: Callable[[], Awaitable[None]]
 ) -> None:
-    async with api_with_replica(*urls, **LOOSE) as api:
+    async with api_with_replica(pair, *urls, **LOOSE) as api:
         await premium_user(api, "alice", 1000)
         await pair.wait_caught_up()
         assert await until_ready_says(api, replica="ok", reads="replica")
@@ -124,7 +126,7 @@ async def test_routed_reads_come_from_the_replica_and_own_writes_from_the_primar
 async def test_a_replica_further_behind_than_the_bound_is_not_read(
     pair: ReplicaPair, urls: tuple[str, str], replay_paused: Callable[[], Awaitable[None]]
 ) -> None:
-    async with api_with_replica(*urls, **TIGHT) as api:
+    async with api_with_replica(pair, *urls, **TIGHT) as api:
         await premium_user(api, "bob", 100)
         await pair.wait_caught_up()
         await until_ready_says(api, replica="ok", reads="replica")
@@ -144,10 +146,28 @@ async def test_a_replica_further_behind_than_the_bound_is_not_read(
         assert await available(api, "bob") == 150  # now the replica's, caught up
 
 
+async def test_a_read_the_stopped_replica_fails_is_answered_by_the_primary_at_once(
+    pair: ReplicaPair, urls: tuple[str, str]
+) -> None:
+    async with api_with_replica(pair, *urls, **UNWATCHED) as api:
+        await premium_user(api, "dave", 70)
+        await pair.wait_caught_up()
+        assert (await ready(api))["reads"] == "replica"
+        pair.stop_replica()
+        try:
+            # The monitor has not looked since: the replica pool's failure sends the read to the primary,
+            # and marks the replica down for the reads after it.
+            assert await available(api, "dave") == 70
+            down = await ready(api)
+            assert (down["status"], down["replica"], down["reads"]) == ("ready", "down", "primary")
+        finally:
+            pair.start_replica()
+
+
 async def test_a_stopped_replica_leaves_reads_to_the_primary_until_it_is_back(
     pair: ReplicaPair, urls: tuple[str, str]
 ) -> None:
-    async with api_with_replica(*urls, **TIGHT) as api:
+    async with api_with_replica(pair, *urls, **TIGHT) as api:
         await premium_user(api, "carol", 300)
         await pair.wait_caught_up()
         await until_ready_says(api, replica="ok", reads="replica")
