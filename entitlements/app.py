@@ -1,7 +1,7 @@
 """The composition root: settings, pools, the ledger, background tasks, dependencies and controllers.
 
 Nothing here decides anything: it builds the pieces once per process and hands them to the handlers
-through Litestar's dependency injection, by name (`pool`, `read_pool`, `ledger_service`, `catalog`,
+through Litestar's dependency injection, by name (`pool`, `read_pool`, `reads`, `ledger_service`, `catalog`,
 `price_table`, `settings`, `caller`, `idempotency_key`, `page_limit`, `window`, …).
 """
 
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import asyncpg
 import httpx
@@ -37,6 +38,7 @@ from entitlements import (
     limits,
     prompts,
     quotes,
+    reads,
     seal,
     webhooks,
 )
@@ -131,18 +133,22 @@ def ledger_transaction_settings(settings: Settings) -> dict[str, str]:
     }
 
 
-async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Pool:
+async def create_pool(settings: Settings, url: str | None = None, **overrides: Any) -> asyncpg.Pool:
+    """The primary's pool (or, with `overrides` of bounded_pool's arguments, the replica's)."""
     url = url or settings.database.url
     if url is None:
         raise DatabaseUnreachable("DATABASE_URL is not set (`moments dev` starts an embedded PostgreSQL for you)")
     db = settings.database
+    sizes_and_bounds: dict[str, Any] = {
+        "min_size": db.pool_size_min,
+        "max_size": db.pool_size_max,
+        "connect_timeout_s": db.connect_timeout_s,
+        "acquire_timeout_s": db.acquire_timeout_s,
+    } | overrides
     try:
         return await bounded_pool(
             url,
-            min_size=db.pool_size_min,
-            max_size=db.pool_size_max,
-            connect_timeout_s=db.connect_timeout_s,
-            acquire_timeout_s=db.acquire_timeout_s,
+            **sizes_and_bounds,
             command_timeout_s=db.command_timeout_s,
             statement_cache_size=db.statement_cache_size,
             server_settings=server_settings(settings),
@@ -150,6 +156,33 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise DatabaseUnreachable(f"the database does not answer ({type(error).__name__}: {error})") from None
+
+
+async def create_reads(settings: Settings, primary: asyncpg.Pool) -> reads.Reads:
+    """The primary and, with DATABASE_REPLICA_URL, the replica: its pool opens no connection up front (a
+    replica that is down must not stop the service starting) and waits DATABASE_REPLICA_TIMEOUT_S at most
+    to connect or for a connection."""
+    db = settings.database
+    replica: reads.ReplicaPool | None = None
+    if db.replica_url is not None:
+        opened = await create_pool(
+            settings,
+            db.replica_url,
+            min_size=0,
+            connect_timeout_s=db.replica_timeout_s,
+            acquire_timeout_s=db.replica_timeout_s,
+            pool_class=reads.ReplicaPool,
+        )
+        assert isinstance(opened, reads.ReplicaPool)
+        replica = opened
+    return reads.Reads(
+        primary,
+        replica,
+        replica_url=db.replica_url,
+        lag_max_s=db.replica_lag_max_s,
+        check_interval_s=db.replica_check_interval_s,
+        timeout_s=db.replica_timeout_s,
+    )
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
@@ -169,17 +202,21 @@ def _state_value(state: State, name: str) -> Provide:
 
 
 def _process_metrics(
-    admission: generations.Admission, store: generations.VideoStore
+    admission: generations.Admission, store: generations.VideoStore, routing: reads.Reads
 ) -> tuple[Callable[[asyncpg.Pool], Awaitable[None]], ...]:
-    """The queue's and the holds' gauges, read again when /metrics is scraped; the video store's, probed."""
+    """The queue's and the holds' gauges, read again when /metrics is scraped; the video store's, probed;
+    the replica's lag, as this process last measured it."""
 
     async def queue(_: asyncpg.Pool) -> None:
         await admission.read()
 
+    async def replica(_: asyncpg.Pool) -> None:
+        routing.refresh_metrics()
+
     async def video_store(_: asyncpg.Pool) -> None:
         await store.unusable_because()
 
-    return (queue, video_store) if store.required else (queue,)
+    return (queue, replica, video_store) if store.required else (queue, replica)
 
 
 def dependencies_for(state: State) -> dict[str, Provide]:
@@ -190,9 +227,15 @@ def dependencies_for(state: State) -> dict[str, Provide]:
     def provide_price_table() -> pricing.PriceTable:
         return pricing.current_table(prices, datetime.now(UTC))
 
+    def provide_read_pool() -> asyncpg.Pool:
+        # Decided per request (entitlements/reads.py): the replica while fresh enough, else the primary.
+        routed: asyncpg.Pool = state["reads"].replica()
+        return routed
+
     return {
         "pool": _state_value(state, "pool"),
-        "read_pool": _state_value(state, "read_pool"),
+        "read_pool": Provide(provide_read_pool, sync_to_thread=False),
+        "reads": _state_value(state, "reads"),
         "ledger_service": _state_value(state, "ledger"),
         "catalog": _state_value(state, "catalog"),
         "settings": _state_value(state, "settings"),
@@ -226,8 +269,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings)
-        replica_url = settings.database.replica_url
-        app.state.read_pool = await create_pool(settings, replica_url) if replica_url else app.state.pool
+        app.state.reads = await create_reads(settings, app.state.pool)
+        # Measured once before serving, so that a replica that is up serves from the first request.
+        await app.state.reads.check()
         app.state.ledger = ledger.Ledger(
             app.state.pool,
             batch_settings=ledger.BatchSettings(
@@ -250,7 +294,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             settings.generation.video_dir,
             required=settings.generation.dispatcher_enabled and bool(settings.generation.worker_urls),
         )
-        app.state.metrics_readers = (*readers, *_process_metrics(app.state.admission, app.state.video_store))
+        app.state.metrics_readers = (
+            *readers,
+            *_process_metrics(app.state.admission, app.state.video_store, app.state.reads),
+        )
         # None without STRIPE_API_KEY: checkout endpoints then answer 503 stripe_not_configured.
         app.state.stripe = billing.make_gateway(settings.stripe)
         # Exports run in every API process (dispatcher or not): the file is written where it is served.
@@ -290,6 +337,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stripe=None,
             key_cache=None,
             export_runner=None,
+            reads=None,
             **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits)},
         )
     )
@@ -354,6 +402,8 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
     app.state.worker_client = None
     app.state.webhook_client = None
     tasks = _sealer_task(app, settings)
+    if app.state.reads.configured:
+        tasks.append(asyncio.create_task(app.state.reads.run(), name="replica-monitor"))
     if settings.webhooks.deliverer_enabled:
         # No redirects followed, no proxy from the environment: the deliverer decides where it connects.
         app.state.webhook_client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
@@ -416,10 +466,9 @@ async def _shut_down(app: Litestar, background: Sequence[asyncio.Task[None]], ti
         await step("stripe", app.state.stripe.aclose())
     await step("key_cache", app.state.key_cache.close())
     await step("ledger", app.state.ledger.close())
-    pools = [app.state.pool] if app.state.read_pool is app.state.pool else [app.state.read_pool, app.state.pool]
-    for pool in pools:
-        if not await step("pool", pool.close()):
-            pool.terminate()
+    await step("replica", app.state.reads.close())
+    if not await step("pool", app.state.pool.close()):
+        app.state.pool.terminate()
 
 
 def create_app_from_env() -> Litestar:

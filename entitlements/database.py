@@ -58,9 +58,10 @@ async def bounded_pool(
     statement_cache_size: int = 100,
     server_settings: dict[str, str],
     reset: Any = None,
+    pool_class: type[BoundedPool] = BoundedPool,
 ) -> asyncpg.Pool:
     """Opens a `BoundedPool` (asyncpg's `create_pool` takes no pool class), with asyncpg's own defaults."""
-    pool = BoundedPool(
+    pool = pool_class(
         url,
         acquire_timeout_s=acquire_timeout_s,
         min_size=min_size,

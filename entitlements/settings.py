@@ -100,6 +100,15 @@ class DatabaseSettings:
     direct_url: str | None = None
     pool_mode: PoolMode = "session"
 
+    # Reads routed to DATABASE_REPLICA_URL (entitlements/reads.py) go to the primary instead while the
+    # replica may be more than this far behind it (or does not answer).
+    replica_lag_max_s: float = 2.0
+    # How often each process measures the replica's lag; well under the bound, which is checked per read.
+    replica_check_interval_s: float = 0.5
+    # The replica's connect and pool-acquire bound, and the lag probe's: a dead replica costs a read this
+    # long at most before it is served by the primary.
+    replica_timeout_s: float = 1.0
+
     @property
     def direct(self) -> str | None:
         """The URL of a connection that keeps its session: DATABASE_DIRECT_URL, else DATABASE_URL."""
@@ -122,6 +131,8 @@ class DatabaseSettings:
     def __post_init__(self) -> None:
         if self.pool_size_min > self.pool_size_max:
             raise SettingsError("DB_POOL_SIZE_MIN must not exceed DB_POOL_SIZE_MAX")
+        if self.replica_check_interval_s >= self.replica_lag_max_s:
+            raise SettingsError("DATABASE_REPLICA_CHECK_INTERVAL_S must be less than DATABASE_REPLICA_LAG_MAX_S")
 
     @classmethod
     def from_env(cls) -> DatabaseSettings:
@@ -135,6 +146,9 @@ class DatabaseSettings:
             acquire_timeout_s=_float("DB_ACQUIRE_TIMEOUT_S", 3.0, minimum=0.1, maximum=60.0),
             direct_url=_optional("DATABASE_DIRECT_URL"),
             pool_mode=_choice("DATABASE_POOL_MODE", "session", POOL_MODES),
+            replica_lag_max_s=_float("DATABASE_REPLICA_LAG_MAX_S", 2.0, minimum=0.1, maximum=3600.0),
+            replica_check_interval_s=_float("DATABASE_REPLICA_CHECK_INTERVAL_S", 0.5, minimum=0.05, maximum=600.0),
+            replica_timeout_s=_float("DATABASE_REPLICA_TIMEOUT_S", 1.0, minimum=0.1, maximum=60.0),
         )
 
 

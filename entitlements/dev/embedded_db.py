@@ -187,6 +187,25 @@ class EmbeddedPostgres:
                     _wait_gone(pid, IMMEDIATE_STOP_S)
         self._started_here = False
 
+    def replicate_from(self, primary: EmbeddedPostgres) -> None:
+        """Makes this (not yet created) data directory a streaming standby of `primary`: pg_basebackup -R
+        writes `primary_conninfo` and `standby.signal`, so `start()` then runs a hot standby. initdb's
+        pg_hba.conf already lets loopback replication connections in, and PostgreSQL's defaults
+        (wal_level=replica, max_wal_senders=10) allow it."""
+        if (self.data_dir / "PG_VERSION").exists():
+            raise EmbeddedPostgresError(f"{self.data_dir} already holds a cluster")
+        if primary.port is None:
+            raise EmbeddedPostgresError("the primary is not started")
+        self._prepare_permissions()  # an empty directory, the server's user's own: pg_basebackup fills it
+        self._run(
+            "pg_basebackup",
+            [
+                *("-D", str(self.data_dir), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"),
+                *("-X", "stream", "-R", "--checkpoint=fast", "--no-sync"),
+            ],
+            timeout_s=START_TIMEOUT_S,
+        )
+
     def _postmaster_pid(self, *, wait_s: float) -> int | None:
         """The postmaster's pid from its pid file, waiting up to `wait_s` for the file to appear."""
         deadline = time.monotonic() + wait_s

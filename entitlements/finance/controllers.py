@@ -134,9 +134,11 @@ class FinanceController(Controller):
         opt={"roles": ("support", "finance")},
     )
     async def get_user_balance(
-        self, read_pool: Pool, user_id: UserIdPath, at: AtQuery = None, position: PositionQuery = None
+        self, pool: Pool, read_pool: Pool, user_id: UserIdPath, at: AtQuery = None, position: PositionQuery = None
     ) -> UserBalanceAt:
-        return await service.user_balance_at(read_pool, user_id, at=at, position=position)
+        # A commit position is the primary's: a lagging replica's horizon may not have reached it yet.
+        read = pool if position is not None else read_pool
+        return await service.user_balance_at(read, user_id, at=at, position=position)
 
     @get(
         "/v1/ledger/accounts/{code:str}/balance",
@@ -145,9 +147,10 @@ class FinanceController(Controller):
         opt={"roles": ("finance",)},
     )
     async def get_account_balance(
-        self, read_pool: Pool, code: AccountCodePath, at: AtQuery = None, position: PositionQuery = None
+        self, pool: Pool, read_pool: Pool, code: AccountCodePath, at: AtQuery = None, position: PositionQuery = None
     ) -> AccountBalanceAt:
-        return await service.account_balance_at(read_pool, code, at=at, position=position)
+        read = pool if position is not None else read_pool  # as get_user_balance
+        return await service.account_balance_at(read, code, at=at, position=position)
 
     @get(
         "/v1/ledger/rollforward",
@@ -158,6 +161,7 @@ class FinanceController(Controller):
     async def get_rollforward(
         self, pool: Pool, since: SinceQuery, until: UntilQuery, report_format: FormatQuery = "json"
     ) -> Response[Rollforward]:
+        # The primary: `final` is its commit horizon, and the sums must be read in a snapshot that has it.
         report = await service.rollforward(pool, since=since, until=until)
         if report_format == "csv":
             # The same report as text (the document lists text/csv beside the JSON: EXTRA_RESPONSE_CONTENT).
@@ -180,8 +184,8 @@ class FinanceController(Controller):
         summary="Closed periods, newest first",
         opt={"roles": ("finance",)},
     )
-    async def list_periods(self, pool: Pool, page_limit: PageLimit, cursor: CursorQuery = None) -> PeriodsPage:
-        return await service.list_periods(pool, limit=page_limit, cursor=cursor)
+    async def list_periods(self, read_pool: Pool, page_limit: PageLimit, cursor: CursorQuery = None) -> PeriodsPage:
+        return await service.list_periods(read_pool, limit=page_limit, cursor=cursor)
 
     @post(
         "/v1/pricing/what-if",

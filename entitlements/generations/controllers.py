@@ -90,6 +90,7 @@ class GenerationsController(Controller):
         opt={"roles": ("service", "support")},
     )
     async def get_generation(self, pool: Pool, generation_id: FromPath[str]) -> GenerationOut:
+        # The primary: the caller polls the generation it has just created.
         return await service.get(pool, generation_id)
 
     @get(
@@ -100,13 +101,13 @@ class GenerationsController(Controller):
     )
     async def list_generations(
         self,
-        pool: Pool,
+        read_pool: Pool,
         user_id: UserIdPath,
         page_limit: PageLimit,
         cursor: CursorQuery = None,
         image_id: ImageIdQuery = None,
     ) -> GenerationsPage:
-        return await service.list_for_user(pool, user_id, image_id=image_id, limit=page_limit, cursor=cursor)
+        return await service.list_for_user(read_pool, user_id, image_id=image_id, limit=page_limit, cursor=cursor)
 
     @get(
         "/v1/generations/{generation_id:str}/video",

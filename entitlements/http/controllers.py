@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from entitlements.errors import NotReady
 from entitlements.generations import VideoStore
 from entitlements.http.deps import Pool
 from entitlements.http.observability import METRICS_CONTENT_TYPE, metrics_text
+from entitlements.reads import Reads
 from entitlements.schemas import Struct
 from entitlements.seal import Signer as SealSigner
 
@@ -57,6 +59,14 @@ class Ready(Struct, frozen=True):
     status: str
     # Whether this process seals the ledger, and why not (never a reason to take it out of service).
     seal: str
+    # The read replica (DATABASE_REPLICA_URL): none, ok, lagging (further behind than
+    # DATABASE_REPLICA_LAG_MAX_S) or down; never a reason to take the process out of service.
+    replica: str = "none"
+    # Where reads routed to the replica go now: replica or primary.
+    reads: str = "primary"
+    # How far behind the primary the replica may be (an upper bound, seconds); null without a replica or
+    # before it was first measured.
+    replica_lag_s: float | None = None
 
 
 class HealthController(Controller):
@@ -71,10 +81,15 @@ class HealthController(Controller):
         "/readyz",
         operation_id="readyz",
         description="200 when the database answers (and, where videos are stored, VIDEO_DIR takes a file) within "
-        f"{READY_TIMEOUT_S:g} s, else 503 not_ready; `seal` says whether this process seals the ledger.",
+        f"{READY_TIMEOUT_S:g} s, else 503 not_ready; `seal` says whether this process seals the ledger, `replica` "
+        "the read replica's state (none, ok, lagging, down) and `reads` where replica-routed reads go now.",
     )
     async def readyz(
-        self, pool: Pool, video_store: NamedDependency[VideoStore | None], seal_signer: NamedDependency[SealSigner]
+        self,
+        pool: Pool,
+        reads: NamedDependency[Reads],
+        video_store: NamedDependency[VideoStore | None],
+        seal_signer: NamedDependency[SealSigner],
     ) -> Ready:
         # The checks run as tasks that are abandoned, not awaited, past the limit: a stalled database
         # holds a cancelled statement until it answers, and the probe must not wait for that.
@@ -97,7 +112,14 @@ class HealthController(Controller):
                 raise NotReady(f"the video store ({directory}) is unusable: {reason}")
         key = seal_signer.key
         sealing = f"sealing (key {key.key_id})" if seal_signer.sealing and key is not None else seal_signer.problem
-        return Ready(status="ready", seal=sealing or "not sealing")
+        lag_s = reads.lag_s()
+        return Ready(
+            status="ready",
+            seal=sealing or "not sealing",
+            replica=reads.state,
+            reads="replica" if reads.state == "ok" else "primary",
+            replica_lag_s=round(lag_s, 3) if lag_s is not None and math.isfinite(lag_s) else None,
+        )
 
     @get("/metrics", operation_id="metrics", media_type=MediaType.TEXT, description="Prometheus text format.")
     async def metrics(self, pool: Pool, metrics_readers: NamedDependency[Sequence[MetricsReader]]) -> Response[bytes]:

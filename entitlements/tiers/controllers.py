@@ -32,9 +32,10 @@ class TiersController(Controller):
     )
     async def get_entitlements(
         self,
-        pool: Pool,
+        read_pool: Pool,
         catalog: Catalog,
         price_table: PriceTable,
         user_id: UserIdPath,
     ) -> EntitlementsOut:
-        return await service.entitlements(pool, catalog, price_table, user_id)
+        # The replica when fresh (entitlements/reads.py): creating a generation checks again on the primary.
+        return await service.entitlements(read_pool, catalog, price_table, user_id)

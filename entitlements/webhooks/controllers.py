@@ -125,6 +125,7 @@ class EventsController(Controller):
     async def list_events(
         self,
         pool: Pool,
+        read_pool: Pool,
         page_limit: PageLimit,
         user_id: Annotated[
             str | None,
@@ -140,7 +141,10 @@ class EventsController(Controller):
         ] = None,
         cursor: CursorQuery = None,
     ) -> EventsPage:
-        return await service.list_events(pool, user_id=user_id, after=after, limit=page_limit, cursor=cursor)
+        # One user's events by sequence may be bounded-stale; every user's in commit order follows the
+        # primary's commit horizon (a cursor from it may be past a lagging replica's).
+        read = read_pool if user_id is not None else pool
+        return await service.list_events(read, user_id=user_id, after=after, limit=page_limit, cursor=cursor)
 
     @post(
         "/{event_id:str}/redeliver",

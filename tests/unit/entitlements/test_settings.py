@@ -52,6 +52,9 @@ def test_defaults() -> None:
     assert settings.database.direct_url is None
     assert settings.database.pool_mode == "session"
     assert settings.database.statement_cache_size == 100
+    assert settings.database.replica_lag_max_s == 2.0
+    assert settings.database.replica_check_interval_s == 0.5
+    assert settings.database.replica_timeout_s == 1.0
 
     assert settings.api.page_size_default == 50
     assert settings.api.page_size_max == 200
@@ -139,6 +142,15 @@ def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert settings.generation.dispatcher_enabled is False
     assert settings.generation.worker_urls == ("http://a:1", "http://b:2")
     assert settings.api.log_format == "json"
+
+
+def test_the_replica_is_measured_more_often_than_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_REPLICA_LAG_MAX_S", "1")
+    monkeypatch.setenv("DATABASE_REPLICA_CHECK_INTERVAL_S", "1")
+    with pytest.raises(SettingsError, match="DATABASE_REPLICA_CHECK_INTERVAL_S must be less than"):
+        Settings.from_env()
+    monkeypatch.setenv("DATABASE_REPLICA_CHECK_INTERVAL_S", "0.25")
+    assert Settings.from_env().database.replica_check_interval_s == 0.25
 
 
 @pytest.mark.parametrize(
