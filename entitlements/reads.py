@@ -266,6 +266,8 @@ class Reads:
                 timeout=self.timeout_s,
                 command_timeout=self.timeout_s,
                 server_settings={"application_name": "moments-replica-monitor"},
+                # Nothing prepared by name: the URL may be a transaction-mode PgBouncer in front of the replica.
+                statement_cache_size=0,
             )
         return await self._probe.fetchrow(query, timeout=self.timeout_s)
 
