@@ -148,7 +148,8 @@ _SELECTED = """
 """
 _POSTINGS_OF_T = """
     (SELECT json_agg(json_build_object('account', a.code, 'amount', p.amount) ORDER BY a.code)
-     FROM ledger_postings p JOIN ledger_accounts a ON a.id = p.account_id WHERE p.transaction_id = t.id AND p.created_at = t.created_at)
+     FROM ledger_postings p JOIN ledger_accounts a ON a.id = p.account_id
+     WHERE p.transaction_id = t.id AND p.created_at = t.created_at)
 """
 
 TRANSACTION_COLUMNS = [
