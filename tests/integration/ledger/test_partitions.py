@@ -75,10 +75,16 @@ async def test_a_write_on_the_first_instant_of_a_month_lands_in_the_month_create
     pool: asyncpg.Pool, conn: Any
 ) -> None:
     # The sweeper on the last instant of January, one month ahead: February exists before it begins.
-    assert await conn.fetchval(
-        "SELECT ledger_ensure_partitions($1::timestamptz, $1::timestamptz + interval '1 month')", LAST_INSTANT_OF_JANUARY
-    ) == 4
-    assert {"ledger_transactions_2031_01", "ledger_transactions_2031_02"} <= await partitions(conn, "ledger_transactions")
+    assert (
+        await conn.fetchval(
+            "SELECT ledger_ensure_partitions($1::timestamptz, $1::timestamptz + interval '1 month')",
+            LAST_INSTANT_OF_JANUARY,
+        )
+        == 4
+    )
+    assert {"ledger_transactions_2031_01", "ledger_transactions_2031_02"} <= await partitions(
+        conn, "ledger_transactions"
+    )
     assert {"ledger_postings_2031_01", "ledger_postings_2031_02"} <= await partitions(conn, "ledger_postings")
 
     january_id, january = await dated_grant(conn, LAST_INSTANT_OF_JANUARY)
@@ -121,7 +127,9 @@ async def test_the_sweeper_keeps_the_months_ahead_created(pool: asyncpg.Pool, co
         swept = await sweeper.sweep_once()
         assert swept["ledger_partitions"] > 0
         assert wanted <= await partitions(conn, "ledger_transactions")
-        assert {name.replace("transactions", "postings") for name in wanted} <= await partitions(conn, "ledger_postings")
+        assert {name.replace("transactions", "postings") for name in wanted} <= await partitions(
+            conn, "ledger_postings"
+        )
         # Made once: the next sweep finds them.
         assert (await sweeper.sweep_once())["ledger_partitions"] == 0
 
