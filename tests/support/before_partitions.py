@@ -48,7 +48,7 @@ async def _write(led: L.Ledger) -> dict[str, Any]:
     return {"replayed": replay.replayed, "transaction_id": replay.transaction_id, "available": replay.available}
 
 
-async def exports(connection: asyncpg.Connection) -> dict[str, str]:
+async def exports(connection: L.Connection) -> dict[str, str]:
     bounds = ("0", 0, datetime(1970, 1, 1, tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
     found = {}
     for dataset in ("transactions", "postings"):

@@ -48,7 +48,8 @@ async def dated_grant(conn: Any, created_at: datetime, *, key: str | None = None
         row = await conn.fetchrow(
             """
             WITH t AS (
-                INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result, created_at)
+                INSERT INTO ledger_transactions
+                    (kind, idempotency_key, request_hash, user_id, actor, result, created_at)
                 VALUES ('grant', $1, $2, 'partition-user', 'test', '{}', $3)
                 RETURNING id, idempotency_key, created_at, tableoid::regclass::text AS partition
             ), k AS (
@@ -185,7 +186,8 @@ async def test_a_transaction_and_its_key_row_name_each_other(conn: Any) -> None:
             )
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="names no ledger transaction with that key"):
         await conn.execute(
-            "INSERT INTO ledger_idempotency_keys (idempotency_key, transaction_id, created_at) VALUES ('orphan', 1, now())"
+            "INSERT INTO ledger_idempotency_keys (idempotency_key, transaction_id, created_at)"
+            " VALUES ('orphan', 1, now())"
         )
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="not the one ledger_idempotency_keys names"):
         async with conn.transaction():
@@ -204,20 +206,20 @@ async def test_a_transaction_and_its_key_row_name_each_other(conn: Any) -> None:
 
 async def test_postings_must_carry_their_transactions_time(conn: Any) -> None:
     accounts = dict(await conn.fetch("SELECT code, id FROM ledger_accounts WHERE kind = 'system'"))
-    with pytest.raises(asyncpg.CheckViolationError, match="are not dated at its time"):
-        async with conn.transaction():
-            transaction_id = await conn.fetchval(
-                """
-                WITH t AS (
-                    INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result)
-                    VALUES ('grant', 'posting-time', $1, 'u1', 'test', '{}') RETURNING id, idempotency_key, created_at
-                ), k AS (
-                    INSERT INTO ledger_idempotency_keys SELECT idempotency_key, id, created_at FROM t
-                )
-                SELECT id FROM t
-                """,
-                HASH,
+    async with conn.transaction():
+        transaction_id = await conn.fetchval(
+            """
+            WITH t AS (
+                INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result)
+                VALUES ('grant', 'posting-time', $1, 'u1', 'test', '{}') RETURNING id, idempotency_key, created_at
+            ), k AS (
+                INSERT INTO ledger_idempotency_keys SELECT idempotency_key, id, created_at FROM t
             )
+            SELECT id FROM t
+            """,
+            HASH,
+        )
+        with pytest.raises(asyncpg.CheckViolationError, match="are not dated at its time"):
             await conn.execute(
                 "INSERT INTO ledger_postings (transaction_id, account_id, amount, created_at)"
                 " VALUES ($1, $2, -5, now() - interval '1 second'), ($1, $3, 5, now() - interval '1 second')",

@@ -95,7 +95,8 @@ async def test_a_database_with_data_is_converted_and_reads_back_the_same(databas
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
     before: dict[str, Any] = json.loads(ran.stdout.strip().splitlines()[-1])
-    assert before["audit_ok"] and before["seal_ok"], before
+    assert before["audit_ok"], before
+    assert before["seal_ok"], before
     assert before["sealed_last_position"] > 10
     assert len(before["feed"]) == before["sealed_last_position"]
     assert all(before["exports"].values())
@@ -133,7 +134,8 @@ async def test_a_database_with_data_is_converted_and_reads_back_the_same(databas
                     category="paid",
                 )
             )
-            assert replay.replayed and replay.transaction_id == before["replay"]["transaction_id"]
+            assert replay.replayed
+            assert replay.transaction_id == before["replay"]["transaction_id"]
             assert replay.available == before["replay"]["available"]
             conflict = await led.outcome(
                 L.Credit(
@@ -149,6 +151,7 @@ async def test_a_database_with_data_is_converted_and_reads_back_the_same(databas
 
             # The ledger goes on: new transactions (ids after the old ones) are sealed on the old chain.
             new_ids = await activity(led, users=2, prefix="new")
+            assert replay.transaction_id is not None
             assert min(new_ids) > replay.transaction_id
             await seal_everything(seal.Sealer(pool, seal_settings(), key))
             async with pool.acquire() as connection:
