@@ -69,7 +69,7 @@ from entitlements.keys.controllers import KeysController
 from entitlements.prompts.controllers import PromptsController
 from entitlements.quotes.controllers import QuotesController
 from entitlements.seal.controllers import SealController
-from entitlements.settings import ConsoleSettings, GenerationSettings, Settings, StripeSettings
+from entitlements.settings import ConsoleSettings, GenerationSettings, LedgerSettings, Settings, StripeSettings
 from entitlements.tiers.controllers import TiersController
 from entitlements.webhooks.controllers import EventsController, WebhookEndpointsController
 from generation_client import WorkerClient
@@ -370,10 +370,14 @@ def sweeper_for(
     stripe_gateway: billing.StripeGateway | None = None,
     catalog: pricing.Catalog | None = None,
     console_settings: ConsoleSettings | None = None,
+    ledger_settings: LedgerSettings | None = None,
 ) -> generations.Sweeper:
     """The sweeper with every domain's periodic work: expired holds and lots, Stripe events stored but not
-    ended (a failure, an unknown customer, a refund before its purchase), and console sessions long over."""
+    ended (a failure, an unknown customer, a refund before its purchase), console sessions long over, and
+    the ledger's monthly partitions created ahead."""
+    ahead_months = (ledger_settings or LedgerSettings.from_env()).partitions_ahead_months
     also = {
+        "ledger_partitions": partial(ledger.ensure_partitions, pool, ahead_months=ahead_months),
         "stripe_events": partial(
             billing.reapply_pending_events, pool, ledger_service, stripe_gateway, stripe_settings, catalog
         ),
@@ -414,7 +418,14 @@ async def _start_background(app: Litestar, settings: Settings) -> list[asyncio.T
         return tasks
     pool, ledger_service = app.state.pool, app.state.ledger
     sweeper = sweeper_for(
-        pool, ledger_service, generation, settings.stripe, app.state.stripe, app.state.catalog, settings.console
+        pool,
+        ledger_service,
+        generation,
+        settings.stripe,
+        app.state.stripe,
+        app.state.catalog,
+        settings.console,
+        settings.ledger,
     )
     tasks.append(asyncio.create_task(sweeper.run(), name="sweeper"))
     if not generation.worker_urls:

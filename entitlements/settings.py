@@ -302,12 +302,16 @@ class RateLimitSettings:
 class LedgerSettings:
     batch_size_max: int
     committers: int
+    # Months of ledger partitions the sweeper keeps created beyond the current one (a write dated in a month
+    # without its partition fails): enough that a sweeper down for a while does not stop the ledger.
+    partitions_ahead_months: int = 2
 
     @classmethod
     def from_env(cls) -> LedgerSettings:
         return cls(
             batch_size_max=_int("LEDGER_BATCH_SIZE_MAX", 512, minimum=1, maximum=10_000),
             committers=_int("LEDGER_COMMITTERS", 3, minimum=1, maximum=64),
+            partitions_ahead_months=_int("LEDGER_PARTITIONS_AHEAD_MONTHS", 2, minimum=1, maximum=24),
         )
 
 

@@ -42,6 +42,7 @@ from ledger.operations import (
     TransactionKind,
     Void,
 )
+from ledger.partitions import ensure_partitions
 from ledger.rules import (
     AMOUNT_MOMENTS_MAX,
     HoldNotOpen,
@@ -122,4 +123,5 @@ __all__ = [
     "encode_cursor",
     "encode_id_cursor",
     "encode_position",
+    "ensure_partitions",
 ]

@@ -20,8 +20,31 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
         "every transaction has at least two postings summing to zero",
         """
         SELECT t.id, coalesce(sum(p.amount), 0) AS total, count(p.*) AS legs
-        FROM ledger_transactions t LEFT JOIN ledger_postings p ON p.transaction_id = t.id
-        GROUP BY t.id HAVING count(p.*) < 2 OR coalesce(sum(p.amount), 0) <> 0
+        FROM ledger_transactions t
+        LEFT JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
+        GROUP BY t.id, t.created_at HAVING count(p.*) < 2 OR coalesce(sum(p.amount), 0) <> 0
+        """,
+    ),
+    (
+        "postings_have_transactions",
+        "every posting belongs to a transaction, at that transaction's time (in its month's partition)",
+        """
+        SELECT p.transaction_id, p.account_id, p.created_at FROM ledger_postings p
+        WHERE NOT EXISTS (
+            SELECT 1 FROM ledger_transactions t WHERE t.id = p.transaction_id AND t.created_at = p.created_at
+        )
+        """,
+    ),
+    (
+        "idempotency_keys_match_transactions",
+        "every transaction is named by the key table's row for its idempotency key, and every key row by one "
+        "transaction (what keeps keys unique across months)",
+        """
+        SELECT t.id, t.idempotency_key, k.transaction_id AS key_transaction_id, k.idempotency_key AS key
+        FROM ledger_transactions t
+        FULL JOIN ledger_idempotency_keys k
+            ON k.transaction_id = t.id AND k.created_at = t.created_at AND k.idempotency_key = t.idempotency_key
+        WHERE t.id IS NULL OR k.transaction_id IS NULL
         """,
     ),
     (
@@ -74,7 +97,8 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
         WHERE available < 0 OR held < 0 OR owed < 0
         UNION ALL
         SELECT t.user_id, NULL, NULL, p.amount FROM ledger_postings p
-        JOIN ledger_accounts a ON a.id = p.account_id JOIN ledger_transactions t ON t.id = p.transaction_id
+        JOIN ledger_accounts a ON a.id = p.account_id
+        JOIN ledger_transactions t ON t.id = p.transaction_id AND t.created_at = p.created_at
         WHERE a.kind = 'user_debt' AND p.amount < 0 AND t.kind <> 'clawback'
         """,
     ),
@@ -152,7 +176,7 @@ CHECKS: tuple[tuple[str, str, str], ...] = (
         SELECT h.id, h.captured, coalesce(sum(-p.amount), 0) AS refunded
         FROM ledger_holds h
         JOIN ledger_transactions t ON t.kind = 'refund' AND t.reverses_transaction_id = h.settle_transaction_id
-        JOIN ledger_postings p ON p.transaction_id = t.id
+        JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
         JOIN ledger_accounts a ON a.id = p.account_id AND a.code = 'system:revenue'
         GROUP BY h.id, h.captured, h.refunded
         HAVING coalesce(sum(-p.amount), 0) > h.captured OR coalesce(sum(-p.amount), 0) <> h.refunded
@@ -179,6 +203,11 @@ async def audit(connection: Connection, extra_checks: Sequence[ExtraCheck] = ())
     """Runs every check in one repeatable-read snapshot, so they all see the same ledger."""
     results = []
     async with connection.transaction(isolation="repeatable_read", readonly=True):
+        # The checks read whole tables: joined and summed month by month, each hash table holds one
+        # partition's rows rather than the whole ledger's.
+        await connection.execute(
+            "SET LOCAL enable_partitionwise_join = on; SET LOCAL enable_partitionwise_aggregate = on"
+        )
         for name, meaning, query in (*CHECKS, *extra_checks):
             rows = await connection.fetch(f"SELECT * FROM ({query}) AS offenders LIMIT {EXAMPLES_MAX + 1}")
             if not rows:

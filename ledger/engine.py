@@ -479,7 +479,7 @@ class _Run:
 
     def _add_rows(self, statement: _Statement) -> None:
         """The ledger transactions, postings, lots and holds applied since the last statement."""
-        statement.add(
+        written = statement.add(
             """
             INSERT INTO ledger_transactions
                 (id, kind, idempotency_key, request_hash, user_id, reference, reverses_transaction_id,
@@ -487,9 +487,17 @@ class _Run:
             SELECT * FROM unnest($1::text::bigint[], $2::text::text[], $3::text::text[], $4::text::bytea[],
                                  $5::text::text[], $6::text::text[], $7::text::bigint[], $8::text::text[],
                                  $9::text::text[], $10::text::json[])
-            ORDER BY 3
+            RETURNING id, idempotency_key, created_at
             """,
             *_encoded(self.transactions, _TRANSACTION_COLUMNS),
+        )
+        # The keys' uniqueness across months (migrations/0014_ledger_partitions.sql), in key order: two
+        # batches sharing keys wait for each other's in the same order instead of deadlocking.
+        statement.add(
+            f"""
+            INSERT INTO ledger_idempotency_keys (idempotency_key, transaction_id, created_at)
+            SELECT idempotency_key, id, created_at FROM {written} ORDER BY idempotency_key
+            """
         )
         new_lots, changed_lots = [], []
         for user in self.users.values():
@@ -640,11 +648,14 @@ class _Statement:
         self.parts: list[str] = []
         self._arguments: list[Any] = []
 
-    def add(self, sql: str, *arguments: Any) -> None:
+    def add(self, sql: str, *arguments: Any) -> str:
+        """Adds a clause; answers its name, for a later clause to read what it returns."""
         offset = len(self._arguments)
         renumbered = _PARAMETER.sub(lambda match: f"${int(match.group(1)) + offset}", sql.strip())
-        self.parts.append(f"w{len(self.parts)} AS ({renumbered})")
+        name = f"w{len(self.parts)}"
+        self.parts.append(f"{name} AS ({renumbered})")
         self._arguments.extend(arguments)
+        return name
 
     async def execute(self, connection: Connection) -> None:
         await connection.execute("WITH " + ",\n".join(self.parts) + "\nSELECT", *self._arguments)
@@ -792,8 +803,9 @@ WITH holds AS MATERIALIZED (
     FROM ledger_holds WHERE id = ANY($2::text::bigint[])
 )
 SELECT
-    ARRAY(SELECT ROW(idempotency_key, request_hash, result::text) FROM ledger_transactions
-          WHERE idempotency_key = ANY($1::text::text[])) AS stored,
+    ARRAY(SELECT ROW(k.idempotency_key, t.request_hash, t.result::text) FROM ledger_idempotency_keys k
+          JOIN ledger_transactions t ON t.id = k.transaction_id AND t.created_at = k.created_at
+          WHERE k.idempotency_key = ANY($1::text::text[])) AS stored,
     hold_columns.*,
     ARRAY(SELECT ROW(id, user_id, category, amount, remaining, expires_at, expired_at) FROM ledger_lots
           WHERE user_id = ANY($3::text::text[])

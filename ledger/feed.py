@@ -52,9 +52,10 @@ def decode_position(cursor: str | None) -> CommitPosition:
 
 # The rows after $1/$2 in commit order, below this snapshot's horizon. Run it in the reader's own
 # transaction (REPEATABLE READ when several statements must agree) so the horizon and the rows come from
-# one snapshot. Callers add their own columns by joining on `c.id`.
+# one snapshot. Callers add their own columns by joining on `c.id` and `c.created_at` (the time names the
+# month's partition: joined by id alone, every month's index would be searched).
 COMMITTED_AFTER = """
-    SELECT t.id, t.written_by_xid::text::numeric AS xid
+    SELECT t.id, t.written_by_xid::text::numeric AS xid, t.created_at
     FROM ledger_transactions t
     -- A scalar subquery: the horizon is taken once per statement, not once per row.
     WHERE t.written_by_xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))

@@ -120,9 +120,9 @@ _USER_DELTAS = """
            (-coalesce(sum(p.amount) FILTER (WHERE p.account_id = b.debt_account_id), 0))::bigint AS owed
     FROM ledger_transactions t
     JOIN ledger_balances b ON b.user_id = t.user_id
-    JOIN ledger_postings p ON p.transaction_id = t.id
+    JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
     WHERE t.user_id = $1
-    GROUP BY t.id
+    GROUP BY t.id, t.created_at
 """
 
 
@@ -225,7 +225,10 @@ class Ledger:
         Pass `connection` to read inside a transaction of the caller's."""
         reader = connection if connection is not None else self.pool
         reference: str | None = await reader.fetchval(
-            "SELECT reference FROM ledger_transactions WHERE idempotency_key = $1", key
+            "SELECT t.reference FROM ledger_idempotency_keys k"
+            " JOIN ledger_transactions t ON t.id = k.transaction_id AND t.created_at = k.created_at"
+            " WHERE k.idempotency_key = $1",
+            key,
         )
         return reference
 
@@ -349,7 +352,9 @@ class Ledger:
         (user id, transaction id, what matched), at most USERS_FOUND_MAX."""
         rows = await self.pool.fetch(
             """
-            (SELECT user_id, id, 'idempotency key' AS matched FROM ledger_transactions WHERE idempotency_key = $1)
+            (SELECT t.user_id, t.id, 'idempotency key' AS matched FROM ledger_idempotency_keys k
+             JOIN ledger_transactions t ON t.id = k.transaction_id AND t.created_at = k.created_at
+             WHERE k.idempotency_key = $1)
             UNION ALL
             (SELECT user_id, id, 'reference' FROM ledger_transactions WHERE reference = $1 ORDER BY id LIMIT $2)
             LIMIT $2
@@ -377,13 +382,13 @@ class Ledger:
                    t.created_at, array_agg(a.code ORDER BY a.code) AS accounts,
                    array_agg(p.amount ORDER BY a.code) AS amounts
             FROM ledger_transactions t
-            JOIN ledger_postings p ON p.transaction_id = t.id
+            JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
             JOIN ledger_accounts a ON a.id = p.account_id
             WHERE ($1::bigint IS NULL OR t.id > $1)
               AND ($2::timestamptz IS NULL OR t.created_at >= $2)
               AND ($3::timestamptz IS NULL OR t.created_at < $3)
               AND ($4::text IS NULL OR t.kind = $4)
-            GROUP BY t.id
+            GROUP BY t.id, t.created_at
             ORDER BY t.id
             LIMIT $5
             """,
@@ -410,10 +415,10 @@ class Ledger:
                    t.created_at, array_agg(a.code ORDER BY a.code) AS accounts,
                    array_agg(p.amount ORDER BY a.code) AS amounts
             FROM c
-            JOIN ledger_transactions t ON t.id = c.id
-            JOIN ledger_postings p ON p.transaction_id = t.id
+            JOIN ledger_transactions t ON t.id = c.id AND t.created_at = c.created_at
+            JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
             JOIN ledger_accounts a ON a.id = p.account_id
-            GROUP BY t.id, c.xid
+            GROUP BY t.id, t.created_at, c.xid
             ORDER BY c.xid, t.id
             """,
             str(after.xid),

@@ -40,14 +40,21 @@ _ADD_USERS = """
     INSERT INTO ledger_accounts (code, kind, user_id)
     SELECT 'user:u' || g || ':available', 'user_available', 'u' || g FROM generate_series(0, $1 - 1) g
 """
+# Each transaction with its row in ledger_idempotency_keys, in the same statement (the database checks both).
 _ADD_TRANSACTIONS = """
-    INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, reason, result)
-    SELECT 'purchase', 'bench-' || g, sha256(g::text::bytea), 'u' || (g % $3), 'bench', 'bulk, for the benchmark', '{}'
-    FROM generate_series($1::bigint, $2::bigint) g
+    WITH written AS (
+        INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, reason, result)
+        SELECT 'purchase', 'bench-' || g, sha256(g::text::bytea), 'u' || (g % $3), 'bench', 'bulk, for the benchmark',
+               '{}'
+        FROM generate_series($1::bigint, $2::bigint) g
+        RETURNING id, idempotency_key, created_at
+    )
+    INSERT INTO ledger_idempotency_keys (idempotency_key, transaction_id, created_at)
+    SELECT idempotency_key, id, created_at FROM written
 """
 _ADD_POSTINGS = """
-    INSERT INTO ledger_postings (transaction_id, account_id, amount)
-    SELECT t.id, x.account_id, x.amount
+    INSERT INTO ledger_postings (transaction_id, account_id, amount, created_at)
+    SELECT t.id, x.account_id, x.amount, t.created_at
     FROM ledger_transactions t
     JOIN ledger_accounts a ON a.code = 'user:' || t.user_id || ':available'
     CROSS JOIN LATERAL (VALUES ((SELECT id FROM ledger_accounts WHERE code = 'system:sales'), -(t.id % 100 + 1)),
@@ -81,6 +88,7 @@ async def grow(dsn: str, transactions_from: int, transactions_to: int) -> None:
                 await connection.execute(_ADD_POSTINGS)
         await connection.execute("VACUUM ANALYZE ledger_transactions")
         await connection.execute("VACUUM ANALYZE ledger_postings")
+        await connection.execute("VACUUM ANALYZE ledger_idempotency_keys")
     finally:
         await connection.close()
 

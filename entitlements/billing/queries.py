@@ -198,7 +198,7 @@ _TRANSACTION_MOMENTS = """
     CROSS JOIN LATERAL (
         SELECT abs(sum(p.amount))::bigint AS moments
         FROM ledger_postings p JOIN ledger_accounts a ON a.id = p.account_id
-        WHERE p.transaction_id = t.id AND a.kind = 'system'
+        WHERE p.transaction_id = t.id AND p.created_at = t.created_at AND a.kind = 'system'
     ) m
 """
 

@@ -21,7 +21,7 @@ USER_BALANCE_AT = f"""
            coalesce(sum(p.amount) FILTER (WHERE a.kind = 'user_held'), 0)::bigint AS held,
            (-coalesce(sum(p.amount) FILTER (WHERE a.kind = 'user_debt'), 0))::bigint AS owed
     FROM ledger_transactions t
-    JOIN ledger_postings p ON p.transaction_id = t.id
+    JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
     JOIN ledger_accounts a ON a.id = p.account_id AND a.user_id = $1
     WHERE t.user_id = $1 AND {_AS_OF.format(at="$2", xid="$3", tid="$4")}
 """
@@ -30,7 +30,7 @@ USER_BALANCE_AT = f"""
 ACCOUNT_BALANCE_AT = f"""
     SELECT coalesce(sum(p.amount), 0)::bigint
     FROM ledger_postings p
-    JOIN ledger_transactions t ON t.id = p.transaction_id
+    JOIN ledger_transactions t ON t.id = p.transaction_id AND t.created_at = p.created_at
     WHERE p.account_id = (SELECT id FROM ledger_accounts WHERE code = $1)
       AND {_AS_OF.format(at="$2", xid="$3", tid="$4")}
 """
@@ -44,7 +44,7 @@ ROLLFORWARD_SUMS = """
            coalesce(sum(-p.amount) FILTER (WHERE t.created_at >= $1 AND p.amount < 0), 0)::bigint AS debits,
            coalesce(sum(p.amount) FILTER (WHERE t.created_at >= $1 AND p.amount > 0), 0)::bigint AS credits
     FROM ledger_postings p
-    JOIN ledger_transactions t ON t.id = p.transaction_id
+    JOIN ledger_transactions t ON t.id = p.transaction_id AND t.created_at = p.created_at
     JOIN ledger_accounts a ON a.id = p.account_id
     WHERE t.created_at < $2
     GROUP BY 1
@@ -148,7 +148,8 @@ _SELECTED = """
 """
 _POSTINGS_OF_T = """
     (SELECT json_agg(json_build_object('account', a.code, 'amount', p.amount) ORDER BY a.code)
-     FROM ledger_postings p JOIN ledger_accounts a ON a.id = p.account_id WHERE p.transaction_id = t.id)
+     FROM ledger_postings p JOIN ledger_accounts a ON a.id = p.account_id
+     WHERE p.transaction_id = t.id AND p.created_at = t.created_at)
 """
 
 TRANSACTION_COLUMNS = [
@@ -184,7 +185,8 @@ _TRANSACTION_VALUES = {
 _POSTING_VALUES = {"transaction_id": "t.id", "account": "a.code", "amount": "p.amount"}
 _FROM = {
     "transactions": "FROM ledger_transactions t",
-    "postings": "FROM ledger_transactions t JOIN ledger_postings p ON p.transaction_id = t.id "
+    "postings": "FROM ledger_transactions t "
+    "JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at "
     "JOIN ledger_accounts a ON a.id = p.account_id",
 }
 _ORDER = {"transactions": "ORDER BY t.written_by_xid, t.id", "postings": "ORDER BY t.written_by_xid, t.id, a.code"}

@@ -34,20 +34,22 @@ TRANSACTIONS_AFTER = f"""
     WITH c AS ({COMMITTED_AFTER})
     SELECT c.xid, {_TRANSACTION_FIELDS}
     FROM c
-    JOIN ledger_transactions t ON t.id = c.id
-    LEFT JOIN ledger_postings p ON p.transaction_id = t.id
+    JOIN ledger_transactions t ON t.id = c.id AND t.created_at = c.created_at
+    LEFT JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
     LEFT JOIN ledger_accounts a ON a.id = p.account_id
-    GROUP BY t.id, c.xid
+    GROUP BY t.id, t.created_at, c.xid
     ORDER BY c.xid, t.id
 """
 
+# By id alone, not through ledger_idempotency_keys: the seal checks the ledger's rows and trusts no other
+# table to find them. It probes each month's index once; a proof is one transaction.
 TRANSACTION = f"""
     SELECT {_TRANSACTION_FIELDS}
     FROM ledger_transactions t
-    LEFT JOIN ledger_postings p ON p.transaction_id = t.id
+    LEFT JOIN ledger_postings p ON p.transaction_id = t.id AND p.created_at = t.created_at
     LEFT JOIN ledger_accounts a ON a.id = p.account_id
     WHERE t.id = $1
-    GROUP BY t.id
+    GROUP BY t.id, t.created_at
 """
 
 TRANSACTION_EXISTS = "SELECT EXISTS (SELECT FROM ledger_transactions WHERE id = $1)"

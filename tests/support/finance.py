@@ -15,19 +15,25 @@ async def backdated_purchase(pool: asyncpg.Pool, user_id: str, amount: int, crea
     always dates a transaction by its database transaction's start). The database's own checks still apply."""
     async with pool.acquire() as connection, connection.transaction():
         accounts = dict(await connection.fetch("SELECT code, id FROM ledger_accounts"))
+        # Its month may be long past: the sweeper creates only the months ahead.
+        await connection.execute("SELECT ledger_create_month_partitions($1)", created_at)
         transaction_id = await connection.fetchval(
-            "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result, created_at) "
-            "VALUES ('purchase', $1, $2, $3, 'test', '{}', $4) RETURNING id",
+            "WITH t AS (INSERT INTO ledger_transactions"
+            " (kind, idempotency_key, request_hash, user_id, actor, result, created_at)"
+            " VALUES ('purchase', $1, $2, $3, 'test', '{}', $4) RETURNING id, idempotency_key, created_at),"
+            " k AS (INSERT INTO ledger_idempotency_keys (idempotency_key, transaction_id, created_at)"
+            " SELECT idempotency_key, id, created_at FROM t)"
+            " SELECT id FROM t",
             key,
             hashlib.sha256(key.encode()).digest(),
             user_id,
             created_at,
         )
         await connection.executemany(
-            "INSERT INTO ledger_postings (transaction_id, account_id, amount) VALUES ($1, $2, $3)",
+            "INSERT INTO ledger_postings (transaction_id, account_id, amount, created_at) VALUES ($1, $2, $3, $4)",
             [
-                (transaction_id, accounts["system:sales"], -amount),
-                (transaction_id, accounts[f"user:{user_id}:available"], amount),
+                (transaction_id, accounts["system:sales"], -amount, created_at),
+                (transaction_id, accounts[f"user:{user_id}:available"], amount, created_at),
             ],
         )
 

@@ -53,9 +53,12 @@ async def insert_transaction(
     """A raw ledger_transactions row (no postings yet); a hold's or settlement's result names its hold."""
     return int(
         await conn.fetchval(
-            "INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result, "
+            "WITH t AS (INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, user_id, actor, result, "
             "reverses_transaction_id) VALUES ($1, $2, $3, $4, 'raw-sql', json_build_object('hold_id', $5::bigint), $6) "
-            "RETURNING id",
+            "RETURNING id, idempotency_key, created_at), "
+            "k AS (INSERT INTO ledger_idempotency_keys (idempotency_key, transaction_id, created_at) "
+            "SELECT idempotency_key, id, created_at FROM t) "
+            "SELECT id FROM t",
             kind,
             f"raw-{next(_keys)}",
             HASH,
