@@ -791,10 +791,27 @@ def _vague_at(text: _Text, word: str, position: int) -> bool:
     return DEGREE_WORDS.isdisjoint(text.sentence_words(position, position + 1))
 
 
+_VAGUE_OBJECT_DOERS = frozenset({"do", "does", "doing", "did"})
+_VAGUE_ACTION_DOERS = frozenset({"some", "random"})
+_GENERIC_ANCHORS = _GENERIC_VERBS | _GENERIC_NOUNS
+
+
+def _vague_anchors(text: _Text) -> frozenset[str]:
+    """The anchors that can be vague in this prompt: "something" and "action" only with the word beside them
+    that makes them so (a whole word of the prompt, or "happens" anywhere), so that a dialogue full of "I
+    have something to tell you" is not looked at word by word."""
+    anchors = _GENERIC_ANCHORS
+    if not _VAGUE_OBJECT_DOERS.isdisjoint(text.token_set) or "happens" in text.padded:
+        anchors = anchors | _VAGUE_OBJECTS
+    if not _VAGUE_ACTION_DOERS.isdisjoint(text.token_set):
+        anchors = anchors | _VAGUE_ACTIONS
+    return anchors
+
+
 def vague_motion(text: _Text) -> AdviceItem | None:
     if not text.has_any(_VAGUE_ANCHORS):
         return None
-    for word, position in sorted(text.anchored(_VAGUE_ANCHORS), key=lambda found: found[1]):
+    for word, position in sorted(text.anchored(_vague_anchors(text)), key=lambda found: found[1]):
         if _vague_at(text, word, position):
             excerpt = text.excerpt(*text.clause(position, position + len(word)))
             return _item("vague_motion", f"“{excerpt}” does not say what moves, or how.", excerpt)
@@ -897,18 +914,6 @@ def _quote_spans(prompt: str) -> Iterator[tuple[int, int]]:
         position = close + 1
 
 
-def _spoken(text: _Text, quoted: Quoted, before: list[str]) -> bool:
-    """Whether a quoted part is a spoken line: not on-screen text or a name, and more than one word (or one
-    word said, or ending like a sentence)."""
-    if quoted.words == 0 or not TEXT_CUES.isdisjoint(before[-4:]):
-        return False
-    if quoted.words >= 2:
-        return True
-    inside = text.original[quoted.start + 1 : quoted.end - 1].rstrip()
-    said = not (SPEECH_WORDS.isdisjoint(before[-3:]) and CUE_WORDS.isdisjoint(before[-3:]))
-    return said or (bool(inside) and inside[-1] in _LINE_END_PUNCTUATION)
-
-
 def _has_cue(words: list[str]) -> bool:
     return not CUE_WORDS.isdisjoint(words) or any(
         word.endswith("ly") and len(word) > 4 and word not in NOT_MANNER_LY for word in words
@@ -916,28 +921,45 @@ def _has_cue(words: list[str]) -> bool:
 
 
 def dialogue(text: _Text) -> list[AdviceItem]:
-    # Only the first line of each finding is quoted, but every line is counted.
+    # Only the first line of each finding is quoted, but every line is counted. (`_spoken`, `Quoted` and
+    # `count_words` inlined: this loop runs once per quoted part, 70 times in a 5,000-character dialogue.)
     long_first: Quoted | None = None
     long_lines = 0
     uncued_first: Quoted | None = None
     uncued = 0
     previous_end = 0
     padded = text.padded
+    cjk = text.cjk
     window_chars = 20 * CUE_WORDS_BACK
     for start, end in _quote_spans(text.original):
-        quoted = Quoted(start, end, text.count_words(start + 1, end - 1))
-        # The last CUE_WORDS_BACK words of the window (rsplit stops there: the rest is one piece, dropped).
-        window = padded[max(previous_end, start - window_chars) + 1 : start + 1]
-        before = window.rsplit(None, CUE_WORDS_BACK)[-CUE_WORDS_BACK:]
+        window_start = max(previous_end, start - window_chars)
         previous_end = end
-        if not _spoken(text, quoted, before):
+        inside = padded[start + 2 : end]
+        if cjk and _CJK_RUN.search(inside) is not None:
+            words = _count_spaced(inside, True)
+        else:
+            tokens = inside.split()
+            words = len(tokens)
+            if words and ("-" in inside or "'" in inside or "\u2019" in inside):
+                words = _count(tokens)
+        if not words:
             continue
-        if quoted.words > LINE_WORDS_MAX:
+        # The last CUE_WORDS_BACK words of the window (rsplit stops there: the rest is one piece, dropped).
+        before = padded[window_start + 1 : start + 1].rsplit(None, CUE_WORDS_BACK)[-CUE_WORDS_BACK:]
+        if not TEXT_CUES.isdisjoint(before[-4:]):
+            continue  # on-screen text or a name
+        if words == 1:
+            # One word is a line when it is said, or when it ends like a sentence.
+            last = text.original[start + 1 : end - 1].rstrip()
+            said = not (SPEECH_WORDS.isdisjoint(before[-3:]) and CUE_WORDS.isdisjoint(before[-3:]))
+            if not (said or (last and last[-1] in _LINE_END_PUNCTUATION)):
+                continue
+        if words > LINE_WORDS_MAX:
             long_lines += 1
-            long_first = long_first or quoted
+            long_first = long_first or Quoted(start, end, words)
         if not _has_cue(before) and not ENGLISH_HINTS.isdisjoint(before or text.words(start, end)):
             uncued += 1
-            uncued_first = uncued_first or quoted
+            uncued_first = uncued_first or Quoted(start, end, words)
     items = []
     if long_first is not None:
         others = f" ({long_lines} lines are over {LINE_WORDS_MAX} words)" if long_lines > 1 else ""
