@@ -337,6 +337,7 @@ class _Text:
     prompt's length."""
 
     __slots__ = ("cjk", "lower", "original", "padded", "token_set", "tokens", "word_count")
+    token_set: frozenset[str]  # the prompt's words that are in _LOOKED_UP
 
     def __init__(self, prompt: str) -> None:
         self.original = prompt
@@ -345,7 +346,9 @@ class _Text:
         # Every word with a space on each side: a whole word is found as " word " (positions shift by one).
         self.padded = f" {spaced} "
         self.tokens = spaced.split()
-        self.token_set = set(self.tokens)
+        # Not every word: only those some rule looks up (one pass that hashes each word; every later test of
+        # which words the prompt has is then on a set of a few dozen).
+        self.token_set = _LOOKED_UP.intersection(self.tokens)
         self.cjk = _has_cjk(spaced)
         self.word_count = _count_spaced(spaced, True) if self.cjk else _count(self.tokens, self.token_set)
 
@@ -610,17 +613,46 @@ def _word_candidates(text: _Text) -> Iterator[_Movement]:
                 yield movement
 
 
+_CAMERA_VERB_FORMS = frozenset(
+    "|".join(_alternatives(verbs) for verbs in _CAMERA_VERBS.values()).split("|")
+)
+_CAMERA_ADVERBS = frozenset({"then", "now", "also", "very"})
+_PAIR_CONNECTIVES = ("and", "&", "+", "/", "or")
+
+
+def _camera_verb_may_follow(lower: str, after: int) -> bool:
+    """False only where _CAMERA_SUBJECT_MOVE cannot match after its subject (which ends at `after`): it needs
+    a space, then an adverb or a camera verb as the next word. A quick look that spares the pattern."""
+    if not lower[after : after + 1].isspace():
+        return False
+    chunk = lower[after : after + 60].split(None, 1)
+    if not chunk:
+        return True
+    word = chunk[0]
+    # A word of letters only (and not cut by the window) is the pattern's verb or adverb only if it is one.
+    if len(word) >= 50 or not word.isalpha() or word.endswith("ly"):
+        return True
+    return word in _CAMERA_VERB_FORMS or word in _CAMERA_ADVERBS
+
+
 def _phrase_candidates(text: _Text) -> Iterator[_Movement]:
     """Movements named by a camera that is the subject, or by a pair ("pan and tilt")."""
-    for _, position in text.anchored(_CAMERA_SUBJECT_WORDS):
-        found = _CAMERA_SUBJECT_MOVE.match(text.lower, position)
+    lower = text.lower
+    for word, position in text.anchored(_CAMERA_SUBJECT_WORDS):
+        if not _camera_verb_may_follow(lower, position + len(word)):
+            continue
+        found = _CAMERA_SUBJECT_MOVE.match(lower, position)
         if found is not None:
             family = next(name for name in _CAMERA_VERBS if found.group(name))
             if family == "move":
                 family = _DIRECTION_FAMILY.get(found.group("direction") or "", "dolly")
             yield _Movement(found.start("verb"), found.end(), family)
-    for _, position in text.anchored(_PAIR_ANCHORS):
-        found = _CAMERA_PAIR.match(text.lower, position)
+    for word, position in text.anchored(_PAIR_ANCHORS):
+        # The pattern takes the whole word, then needs a connective ("pan and", "pan/tilt").
+        rest = lower[position + len(word) : position + len(word) + 16].lstrip()
+        if rest and not rest.startswith(_PAIR_CONNECTIVES):
+            continue
+        found = _CAMERA_PAIR.match(lower, position)
         if found is not None:
             for group in ("first", "second"):
                 name = found.group(group)
@@ -871,6 +903,11 @@ def quoted_parts(prompt: str) -> Iterator[Quoted]:
         yield Quoted(start, end, count_words(prompt[start + 1 : end - 1]))
 
 
+def _next_apostrophe_opener(prompt: str, position: int) -> int:
+    found = _APOSTROPHE_OPENER.search(prompt, position)
+    return -1 if found is None else found.start()
+
+
 def _next_opener(prompt: str, mark: str, position: int) -> int:
     """Where `mark` next opens a quote at or after `position` (-1: nowhere)."""
     if mark == "'":
@@ -879,39 +916,42 @@ def _next_opener(prompt: str, mark: str, position: int) -> int:
     return prompt.find(mark, position)
 
 
-def _quote_spans(prompt: str) -> Iterator[tuple[int, int]]:
+def _quote_spans(prompt: str) -> list[tuple[int, int]]:
     """[opening mark, past the closing mark) of each outermost quoted part. Quotes inside a quoted part
     belong to it; an opening mark that is never closed quotes nothing. Linear: the next opener of each mark
     is found by a fast scan that starts past the last quoted part (openers inside one are never visited),
-    and each opening mark looks its closer up by bisection."""
+    and each opening mark looks its closer up by bisection (in the positions of all its closers, merged)."""
+    closes_of: dict[str, list[int]] = {}
     closers_at: dict[str, list[int]] = {}
+    spans: list[tuple[int, int]] = []
     # The next opener of each mark, nearest first. A mark with no closer after one of its openers has none
     # after any later one either: it leaves the heap.
     upcoming = [(start, mark) for mark in _CLOSERS if mark in prompt and (start := _next_opener(prompt, mark, 0)) != -1]
     heapq.heapify(upcoming)
     position = 0
+    bisect_right = bisect.bisect_right
     while upcoming:
         start, mark = upcoming[0]
         if start < position:
-            start = _next_opener(prompt, mark, position)
+            start = _next_apostrophe_opener(prompt, position) if mark == "'" else prompt.find(mark, position)
             if start == -1:
                 heapq.heappop(upcoming)
             else:
                 heapq.heapreplace(upcoming, (start, mark))
             continue
-        close: int | None = None
-        for closer in _CLOSERS[mark]:
-            if closer not in closers_at:
-                closers_at[closer] = _closer_positions(prompt, closer)
-            candidates = closers_at[closer]
-            after = bisect.bisect_right(candidates, start)
-            if after < len(candidates) and (close is None or candidates[after] < close):
-                close = candidates[after]
-        if close is None:
+        closes = closes_of.get(mark)
+        if closes is None:
+            for closer in _CLOSERS[mark]:
+                if closer not in closers_at:
+                    closers_at[closer] = _closer_positions(prompt, closer)
+            closes = closes_of[mark] = sorted(at for closer in _CLOSERS[mark] for at in closers_at[closer])
+        after = bisect_right(closes, start)
+        if after == len(closes):
             heapq.heappop(upcoming)
             continue
-        yield start, close + 1
-        position = close + 1
+        position = closes[after] + 1
+        spans.append((start, position))
+    return spans
 
 
 def _has_cue(words: list[str]) -> bool:
@@ -1017,6 +1057,24 @@ def scene_description(text: _Text) -> AdviceItem | None:
         f"The prompt {described} ({len(scene)} words of setting, outfit or appearance, {motion} of motion).",
         text.excerpt(*text.sentence(first, first + 1)) if first < len(text.lower) else None,
     )
+
+
+# Every word any rule asks `_Text.token_set` about (has_any, anchored, `in`, intersections).
+_LOOKED_UP: frozenset[str] = frozenset().union(
+    _JUNK_TOKENS,
+    _CAMERA_ANCHORS,
+    _CAMERA_SUBJECT_WORDS,
+    _PAIR_ANCHORS,
+    _SCENE_ANCHORS,
+    _SEQUENCE_WORDS,
+    _SEQUENCE_ANCHORS,
+    _VAGUE_ANCHORS,
+    _VAGUE_OBJECT_DOERS,
+    _VAGUE_ACTION_DOERS,
+    _CONSTRAINT_ANCHORS,
+    SCENE_WORDS,
+    MOTION_WORDS,
+)
 
 
 def advise(prompt: str, *, duration_s: int | None = None, audio: bool | None = None) -> Advice:
