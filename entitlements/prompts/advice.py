@@ -903,6 +903,9 @@ def quoted_parts(prompt: str) -> Iterator[Quoted]:
         yield Quoted(start, end, count_words(prompt[start + 1 : end - 1]))
 
 
+_ASCII_MARKS = tuple(mark for mark in _CLOSERS if mark.isascii())
+
+
 def _next_apostrophe_opener(prompt: str, position: int) -> int:
     found = _APOSTROPHE_OPENER.search(prompt, position)
     return -1 if found is None else found.start()
@@ -926,7 +929,8 @@ def _quote_spans(prompt: str) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     # The next opener of each mark, nearest first. A mark with no closer after one of its openers has none
     # after any later one either: it leaves the heap.
-    upcoming = [(start, mark) for mark in _CLOSERS if mark in prompt and (start := _next_opener(prompt, mark, 0)) != -1]
+    marks = _ASCII_MARKS if prompt.isascii() else _CLOSERS
+    upcoming = [(start, mark) for mark in marks if mark in prompt and (start := _next_opener(prompt, mark, 0)) != -1]
     heapq.heapify(upcoming)
     position = 0
     bisect_right = bisect.bisect_right
