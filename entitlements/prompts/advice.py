@@ -257,6 +257,7 @@ _SEPARATORS = (
 )
 _APOSTROPHES = frozenset("'\u2019")
 _JUNK_TOKENS = ("-", "--", "---", "'", "''", "\u2019")
+_JUNK_SET = frozenset(_JUNK_TOKENS)
 _CJK_CLASS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RUN = re.compile(rf"[{_CJK_CLASS}]+")
 # U+3040-U+9FFF is encoded with a lead byte E3-E9, U+F900-U+FAFF with EF.
@@ -295,6 +296,8 @@ def _spaced(text: str) -> str:
 def _count(tokens: list[str], token_set: set[str] | frozenset[str] | None = None) -> int:
     """Tokens that are words: not a lone hyphen or apostrophe."""
     present = tokens if token_set is None else token_set
+    if _JUNK_SET.isdisjoint(present):
+        return len(tokens)
     return len(tokens) - sum(tokens.count(junk) for junk in _JUNK_TOKENS if junk in present)
 
 
@@ -803,7 +806,15 @@ _VAGUE_NOUN_SUBJECTS = VAGUE_SUBJECTS | VAGUE_DETERMINERS
 def _vague_at(text: _Text, word: str, position: int) -> bool:
     """Cheapest test first: who moves, then what follows, then negation and degree words."""
     if word in _VAGUE_OBJECTS or word in _VAGUE_ACTIONS:
-        # "does something", "something happens", "some action": the words right beside it are enough.
+        # "does something", "something happens", "some action": the words right beside it are enough. A
+        # look for the letters of those words where `beside` finds them spares the split when none is there.
+        near = text.padded[max(0, position - 24) : position + 1]
+        if word in _VAGUE_ACTIONS:
+            if "some" not in near and "random" not in near:
+                return False
+        elif "do" not in near and "did" not in near:
+            if word != "something" or "happens" not in text.padded[position : position + len(word) + 25]:
+                return False
         previous, after = text.beside(position, word)
         if word in _VAGUE_ACTIONS:
             vague = previous in {"some", "random"}
