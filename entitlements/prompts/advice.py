@@ -616,9 +616,7 @@ def _word_candidates(text: _Text) -> Iterator[_Movement]:
                 yield movement
 
 
-_CAMERA_VERB_FORMS = frozenset(
-    "|".join(_alternatives(verbs) for verbs in _CAMERA_VERBS.values()).split("|")
-)
+_CAMERA_VERB_FORMS = frozenset("|".join(_alternatives(verbs) for verbs in _CAMERA_VERBS.values()).split("|"))
 _CAMERA_ADVERBS = frozenset({"then", "now", "also", "very"})
 _PAIR_CONNECTIVES = ("and", "&", "+", "/", "or")
 
