@@ -810,9 +810,12 @@ def _vague_at(text: _Text, word: str, position: int) -> bool:
         if word in _VAGUE_ACTIONS:
             if "some" not in near and "random" not in near:
                 return False
-        elif "do" not in near and "did" not in near:
-            if word != "something" or "happens" not in text.padded[position : position + len(word) + 25]:
-                return False
+        elif (
+            "do" not in near
+            and "did" not in near
+            and (word != "something" or "happens" not in text.padded[position : position + len(word) + 25])
+        ):
+            return False
         previous, after = text.beside(position, word)
         if word in _VAGUE_ACTIONS:
             vague = previous in {"some", "random"}
