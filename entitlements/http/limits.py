@@ -23,6 +23,7 @@ from entitlements.keys import Caller
 
 RATE_LIMIT_SCOPE_KEY = "moments.rate_limit"
 POLICIES_STATE_KEY = "rate_limit_policies"
+LEASES_STATE_KEY = "rate_limit_leases"
 READ_METHODS = frozenset({"GET", "HEAD"})
 log = structlog.get_logger("moments.limits")
 
@@ -56,7 +57,8 @@ async def check_rate_limit(request: Request[Any, Any, Any]) -> None:
         return
     key = idempotency_key_of(request.scope) if handler.opt.get("idempotent") else None
     try:
-        decision = await limits.check(request.app.state.pool, policy, key_id=caller.key_id, idempotency_key=key)
+        leases: limits.Leases = request.app.state[LEASES_STATE_KEY]
+        decision = await leases.check(request.app.state.pool, policy, key_id=caller.key_id, idempotency_key=key)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         # A limit that cannot be read lets the request through (it meets the same database next, and
         # answers for itself): the abuse guard must not turn a database hiccup into refusals of its own.
