@@ -162,6 +162,15 @@ def ceilings(rounds: list[dict[str, Any]], tpcb: list[Any]) -> list[Ceiling]:
     ]
 
 
+def _cpu_us(rounds: list[dict[str, Any]], name: str) -> float | None:
+    """Server and PostgreSQL CPU per request: steadier than the rate on a machine others share."""
+    return _median(
+        (figures[name].server_cores + figures[name].postgres_cores) / figures[name].per_s * 1e6
+        for figures in rounds
+        if name in figures and figures[name].per_s
+    )
+
+
 def _shown(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -171,9 +180,12 @@ def render(rounds: list[dict[str, Any]], tpcb: list[Any]) -> list[str]:
         return []
     lines = ["", "  floors (the least database work of each endpoint, bare stack), ratios to bare POST and tpcb:"]
     for name in [name for name in rounds[0] if name.startswith("floor_")]:
+        cpu_us, bare_us = _cpu_us(rounds, name), _cpu_us(rounds, "bare_post")
+        by_cpu = bare_us / cpu_us if cpu_us and bare_us else None
         lines.append(
             f"    {name:<18}{_shown(_ratio(rounds, name, 'bare_post')):>8} of bare POST"
             f"{_shown(_over_tpcb(rounds, tpcb, name)):>8} of tpcb   p99 {_shown(_p99(rounds, name))} ms"
+            f"   CPU {cpu_us or 0:,.0f} us/request (bare POST {bare_us or 0:,.0f}: {_shown(by_cpu)})"
         )
     lines += ["", "  each goal's ceiling (the floor it cannot beat), median of the rounds:"]
     for ceiling in ceilings(rounds, tpcb):
@@ -181,7 +193,26 @@ def render(rounds: list[dict[str, Any]], tpcb: list[Any]) -> list[str]:
             f"    {ceiling.goal:<36} endpoint {_shown(ceiling.endpoint_value):>7}"
             f"  floor {_shown(ceiling.floor_value):>7} ({ceiling.floor})  {ceiling.verdict}"
         )
+    edge_us = _edge_us(rounds)
+    if edge_us is not None:
+        bare_us = _cpu_us(rounds, "bare_post") or 0.0
+        lines += [
+            "",
+            f"  Moments' edge (auth, middleware, Litestar's route work: pricing's CPU less the bare GET's) is "
+            f"{edge_us:,.0f} us a request; each floor with it, by CPU, as a share of the bare POST's:",
+        ]
+        for name in [name for name in rounds[0] if name.startswith("floor_")]:
+            floor_us = _cpu_us(rounds, name)
+            if floor_us:
+                lines.append(f"    {name:<18}{_shown(bare_us / (floor_us + edge_us)):>8}")
     return lines
+
+
+def _edge_us(rounds: list[dict[str, Any]]) -> float | None:
+    pricing_us, bare_get_us = _cpu_us(rounds, "pricing"), _cpu_us(rounds, "bare_get")
+    if pricing_us is None or bare_get_us is None:
+        return None
+    return max(0.0, pricing_us - bare_get_us)
 
 
 def to_json(rounds: list[dict[str, Any]], tpcb: list[Any]) -> list[dict[str, object]]:
