@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from litestar import Request
 
-from entitlements import limits
+from entitlements import idempotency, limits
 from entitlements.errors import DomainError
 from entitlements.http.auth import CALLER_SCOPE_KEY
 from entitlements.http.params import idempotency_key_from
@@ -56,6 +56,7 @@ async def check_rate_limit(request: Request[Any, Any, Any]) -> None:
     if policy is None or not isinstance(caller, Caller):
         return
     key = idempotency_key_of(request.scope) if handler.opt.get("idempotent") else None
+    idempotency.forget_answered_from_record()
     try:
         leases: limits.Leases = request.app.state[LEASES_STATE_KEY]
         decision = await leases.check(request.app.state.pool, policy, key_id=caller.key_id, idempotency_key=key)
@@ -70,3 +71,19 @@ async def check_rate_limit(request: Request[Any, Any, Any]) -> None:
             f"too many {policy.name} requests for this API key (burst {policy.burst}, {policy.per_s:g} a second);"
             f" retry after {decision.retry_after_s} s"
         )
+
+
+async def give_back_if_answered_from_record(scope: Any) -> None:
+    """After the request: one a lease served that was answered from a stored record (a replay, or a key's
+    409) uses none of the allowance, as one checked by the database's statement never does."""
+    decision = scope.get(RATE_LIMIT_SCOPE_KEY)
+    if not isinstance(decision, limits.Decision) or not decision.leased or not idempotency.answered_from_record():
+        return
+    caller = scope.get(CALLER_SCOPE_KEY)
+    if not isinstance(caller, Caller):
+        return
+    state = scope["app"].state
+    try:
+        await state[LEASES_STATE_KEY].give_back(state.pool, decision.policy, key_id=caller.key_id)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        log.warning("rate_limit_not_given_back", endpoint_class=decision.policy.name, error_type=type(error).__name__)

@@ -60,3 +60,6 @@ SELECT coalesce(c.tat, (SELECT tat FROM rate_limits WHERE key_id = $1 AND endpoi
        c.before, coalesce(c.allowed, true) AS allowed, replay.stored AS replayed, statement_timestamp() AS now
 FROM replay LEFT JOIN counted c ON true
 """
+
+# One request given back to the key's allowance (a lease served a replay after it lapsed).
+GIVE_BACK = "UPDATE rate_limits SET tat = tat - $3::interval WHERE key_id = $1 AND endpoint_class = $2"

@@ -78,6 +78,8 @@ class Decision:
     # Seconds until a denied request would be allowed (0 when allowed).
     retry_after_s: int
     replayed: bool
+    # Served from this process's lease, not by a statement: a replay given back later (`Leases.give_back`).
+    leased: bool = False
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         state = f'"{self.policy.name}";r={self.remaining};t={self.reset_s}'
@@ -156,8 +158,9 @@ class Leases:
     - never more allowed in all than the one row allows, plus what leases not yet lapsed still hold: at
       most `lease_max - 1` requests per process, each at most `lease_s` old;
     - the other processes may be refused up to that many sooner (what a lease holds, they cannot take);
-    - a replay (a stored answer) that a lease serves uses one of its requests: replays are never refused,
-      but while a key's lease lasts one may count;
+    - a request a lease served that turns out to be answered from a stored record (a replay, or a key's
+      409) is given back after it (`give_back`), so replays still use none of the allowance; while it
+      runs, its request is held, so a concurrent request may be refused one sooner;
     - the headers' `r` adds what the lease still holds to the row's state when it was taken.
     A policy whose `lease_max` is 1 goes to `check` for every request, exactly as without leases."""
 
@@ -186,7 +189,7 @@ class Leases:
             return None
         lease.left -= 1
         remaining = min(policy.burst, lease.decision.remaining + lease.left)
-        return replace(lease.decision, remaining=remaining, replayed=False)
+        return replace(lease.decision, remaining=remaining, replayed=False, leased=True)
 
     async def _take(
         self, pool: asyncpg.Pool, policy: Policy, slot: tuple[int, str], idempotency_key: str | None
@@ -211,6 +214,15 @@ class Leases:
             self._drop_lapsed(taken_at)
         self._leases[slot] = _Lease(left=granted - 1, lapses_at=taken_at + policy.lease_s, decision=decision)
         return replace(decision, remaining=min(policy.burst, decision.remaining + granted - 1))
+
+    async def give_back(self, pool: asyncpg.Pool, policy: Policy, *, key_id: int) -> None:
+        """A request a lease served turned out to be answered from a stored record (a replay, or a key's
+        409), which uses none of the allowance: back to the lease, or to the key's row if it lapsed."""
+        lease = self._leases.get((key_id, policy.name))
+        if lease is not None and lease.lapses_at > time.monotonic():
+            lease.left += 1
+            return
+        await pool.execute(queries.GIVE_BACK, key_id, policy.name, timedelta(microseconds=policy.interval_us))
 
     def _drop_lapsed(self, now: float) -> None:
         for slot in [slot for slot, lease in self._leases.items() if lease.lapses_at <= now]:

@@ -16,7 +16,7 @@ import pytest
 
 from entitlements import limits
 from entitlements.http.limits import POLICIES_STATE_KEY
-from tests.integration.entitlements.limits.test_rate_limits import apps, limited, rate_headers
+from tests.integration.entitlements.limits.test_rate_limits import apps, limited
 
 SLOW_PER_S = 0.001
 HOUR_S = 3600.0
@@ -71,6 +71,16 @@ async def test_what_a_lapsed_lease_held_is_not_used(pool: asyncpg.Pool) -> None:
     assert allowed == [True, True, False]
 
 
+async def test_a_request_given_back_after_its_lease_lapsed_goes_back_to_the_row(pool: asyncpg.Pool) -> None:
+    policy = leased(burst=8, lease_max=4, lease_s=0.0)
+    holder = limits.Leases()
+    assert (await holder.check(pool, policy, key_id=11, idempotency_key=None)).allowed  # took 4, 3 lapsed
+    await holder.give_back(pool, policy, key_id=11)  # the row has 5 again
+    allowed = [(await holder.check(pool, policy, key_id=11, idempotency_key=None)).allowed for _ in range(3)]
+    # A lease of 4 and then the 1 left; without the one given back, the second would have been refused.
+    assert allowed == [True, True, False]
+
+
 async def test_the_headers_count_what_the_lease_still_holds(pool: asyncpg.Pool) -> None:
     policy = leased(burst=16, lease_max=4)
     holder = limits.Leases()
@@ -78,20 +88,30 @@ async def test_the_headers_count_what_the_lease_still_holds(pool: asyncpg.Pool) 
     assert remaining == [15, 14, 13, 12, 11, 10]
 
 
-async def test_a_replay_is_never_refused_when_leased(database_url: str) -> None:
+@pytest.mark.parametrize("lease_s", [HOUR_S, 0.0])
+async def test_replays_and_reused_keys_use_none_of_a_lease(database_url: str, lease_s: float) -> None:
+    # lease_s 0: every lease has lapsed by the time its replay is known, so it goes back to the key's row.
     async with apps(database_url, 1, rate_limits=limited(writes=(SLOW_PER_S, 16))) as (api,):
         app: Any = api.client.app
         app.state[POLICIES_STATE_KEY]["writes"] = limits.Policy(
-            "writes", per_s=SLOW_PER_S, burst=16, lease_max=4, lease_s=HOUR_S
+            "writes", per_s=SLOW_PER_S, burst=16, lease_max=4, lease_s=lease_s
         )
         grant = {"moments": 5, "reason": "goodwill", "category": "promotional"}
         first = await api.post("/v1/users/u1/grants", "support", grant, "grant-a")
         assert first.status_code == 201, first.text
-        assert rate_headers(first)[1]["r"] == "15"
+        replays = [await api.post("/v1/users/u1/grants", "support", grant, "grant-a") for _ in range(5)]
+        assert all(response.status_code == 201 and response.json() == first.json() for response in replays)
+        other = {"moments": 6, "reason": "goodwill", "category": "promotional"}
+        reused = await api.post("/v1/users/u1/grants", "support", other, "grant-a")
+        assert reused.status_code == 409, reused.text
+        # Neither the replays nor the 409 used any of it: with lapsing leases each new request takes a
+        # lease of 4 and loses 3, so the burst of 16 serves 4 (the lease's bound); else all 15 left.
+        expected = 15 if lease_s else 3
         statuses = [
-            (await api.post("/v1/users/u1/grants", "support", grant, f"grant-{n}")).status_code for n in range(20)
+            (await api.post("/v1/users/u1/grants", "support", grant, f"grant-{n}")).status_code
+            for n in range(expected + 3)
         ]
-        assert statuses == [201] * 15 + [429] * 5
+        assert statuses == [201] * expected + [429] * 3
         # The allowance is gone and the lease empty: a replay still gets its stored answer.
         replay = await api.post("/v1/users/u1/grants", "support", grant, "grant-a")
         assert replay.status_code == 201
