@@ -61,7 +61,7 @@ from entitlements.http import (
 from entitlements.http.controllers import HealthController
 from entitlements.http.dependencies import resolve_dependencies_in_order
 from entitlements.http.hooks import before_request
-from entitlements.http.limits import POLICIES_STATE_KEY
+from entitlements.http.limits import LEASES_STATE_KEY, POLICIES_STATE_KEY
 from entitlements.http.observability import observe_ledger_batch, request_logging_middleware
 from entitlements.http.openapi import StrictStructSchemaPlugin, openapi_config, swagger_assets_router
 from entitlements.http.semantics import http_semantics
@@ -338,7 +338,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             key_cache=None,
             export_runner=None,
             reads=None,
-            **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits)},
+            **{POLICIES_STATE_KEY: limits.policies(settings.rate_limits), LEASES_STATE_KEY: limits.Leases()},
         )
     )
     app = Litestar(

@@ -260,6 +260,7 @@ class GenerationSettings:
 # timestamps can hold; past the most, one request's share of a second is under the microsecond they keep.
 RATE_PER_S_MIN = 0.001
 RATE_PER_S_MAX = 100_000.0
+RATE_LIMIT_LEASE_S_DEFAULT = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,6 +277,9 @@ class RateLimitSettings:
     writes_burst: int
     reads_per_s: float
     reads_burst: int
+    # How long a process may keep requests of a key's allowance it took in one statement (0: one
+    # statement per request). A lease holds at most this long's worth of the class's rate.
+    lease_s: float = RATE_LIMIT_LEASE_S_DEFAULT
 
     def __post_init__(self) -> None:
         for name in ("generations", "writes", "reads"):
@@ -295,6 +299,7 @@ class RateLimitSettings:
             writes_burst=_int("RATE_LIMIT_WRITES_BURST", 200, minimum=1, maximum=1_000_000),
             reads_per_s=_float("RATE_LIMIT_READS_PER_S", 200.0, minimum=0.0, maximum=RATE_PER_S_MAX),
             reads_burst=_int("RATE_LIMIT_READS_BURST", 1000, minimum=1, maximum=1_000_000),
+            lease_s=_float("RATE_LIMIT_LEASE_S", RATE_LIMIT_LEASE_S_DEFAULT, minimum=0.0, maximum=10.0),
         )
 
 

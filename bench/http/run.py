@@ -38,7 +38,7 @@ import asyncpg
 import httpx
 
 import migrations
-from bench.http import through_pgbouncer, wrk
+from bench.http import floor, floors, through_pgbouncer, wrk
 from bench.ledger import cpu
 from bench.ledger.pgbench import Pgbench, PgbenchResult
 from bench.ledger.run import create_databases, machine, median_of, postmaster_pid, progress
@@ -135,7 +135,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help=f"DISPATCHER_CONCURRENCY of the dispatcher and soak figures (default {DISPATCH_CONCURRENCY})",
     )
     parser.add_argument("--fast", action="store_true", help="fsync off: quick iteration, not the honest figure")
-    parser.add_argument("--only", action="append", help="run only these scenarios (repeatable)")
+    parser.add_argument(
+        "--only", action="append", help="run only these scenarios (repeatable; `floors` for all floor_ ones)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is not met")
     options, _ = parser.parse_known_args(argv)
@@ -487,9 +489,24 @@ def run(options: argparse.Namespace) -> Report:
         limited = Server(
             MOMENTS_APP, env=env | LIMITED_ENV, workers=workers, threads=threads, log_path=work_dir / "limited.log"
         )
-        servers = {"bare": bare, "moments": moments, "limited": limited}
-        chosen = scenarios(keys, users, hot_user)
-        names = [name for name in chosen if not options.only or name in options.only or name.startswith("bare")]
+        # The floors' own app and tables (bench/http/floor.py), in the same database.
+        asyncio.run(floor.prepare(dsn, users, USER_FUNDS))
+        floor_server = Server(
+            floors.FLOOR_APP, env=env, workers=workers, threads=threads, log_path=work_dir / "floor.log"
+        )
+        servers = {"bare": bare, "moments": moments, "limited": limited, "floor": floor_server}
+        # The floors right after the bare figures they are divided by, so the machine changes least between.
+        moments_scenarios = scenarios(keys, users, hot_user)
+        bare_scenarios = {name: each for name, each in moments_scenarios.items() if name.startswith("bare")}
+        chosen = bare_scenarios | floors.scenarios(users) | moments_scenarios
+        names = [
+            name
+            for name in chosen
+            if not options.only
+            or name in options.only
+            or name.startswith("bare")
+            or (name.startswith("floor_") and "floors" in options.only)
+        ]
         bounced = contextlib.ExitStack()
         if through_pgbouncer.available():
             with contextlib.ExitStack() as starting:
@@ -507,7 +524,13 @@ def run(options: argparse.Namespace) -> Report:
             names = [name for name in through_pgbouncer.figure_names(names) if name in chosen]
         else:
             progress(through_pgbouncer.skip_line())
-        with bounced, running(bare, "/"), running(moments, "/readyz"), running(limited, "/readyz"):
+        with (
+            bounced,
+            running(bare, "/"),
+            running(moments, "/readyz"),
+            running(limited, "/readyz"),
+            running(floor_server, floors.READY_PATH),
+        ):
             progress(f"funding {len(users):,} users and one hot user (PREMIUM, moments through grants)")
             asyncio.run(fund(moments.url, keys.admin, users, USER_FUNDS))
             asyncio.run(fund(moments.url, keys.admin, [hot_user], HOT_USER_FUNDS))
@@ -791,6 +814,7 @@ def render(report: Report) -> str:
         relation = "<=" if "at most" in what else ">="
         lines.append(f"    {what:<40}{shown:>8}   {'PASS' if met else 'FAIL'} (goal {relation} {goal:g})")
     lines += through_pgbouncer.ratio_lines(lambda name, baseline: median(ratio_rounds(report, name, baseline)))
+    lines += floors.render(report.rounds, report.tpcb)
     if report.dispatch:
         dispatch = report.dispatch
         lines += [
@@ -827,6 +851,7 @@ def to_json(report: Report) -> str:
     data["goals"] = [
         {"what": what, "value": value, "goal": goal, "met": met} for what, value, goal, met in goals(report)
     ]
+    data["ceilings"] = floors.to_json(report.rounds, report.tpcb)
     return json.dumps(data, indent=2, default=str)
 
 

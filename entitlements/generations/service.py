@@ -21,7 +21,7 @@ import ledger
 import pricing
 from entitlements import approvals, idempotency, prompts, quotes
 from entitlements.approvals import ApprovalOut
-from entitlements.errors import NotFound, NotRefundable, Unavailable, VideoUnavailable
+from entitlements.errors import IdempotencyKeyReused, NotFound, NotRefundable, Unavailable, VideoUnavailable
 from entitlements.generations import batch, queries
 from entitlements.generations.admission import Admission
 from entitlements.generations.schemas import (
@@ -224,9 +224,15 @@ async def create(
     # The idempotency claim, the gate, the hold, the rows and the stored answer in the ledger's group commit.
     settled = await ledger_service.submit_companion(request)
     assert isinstance(settled, batch.GenerationRequest)
-    response = settled.result()
+    try:
+        response = settled.result()
+    except IdempotencyKeyReused:
+        idempotency.mark_answered_from_record()  # decided in the batch's task, answered in this one
+        raise
     # On the request's own log line (one line per request), not a line of its own.
     replayed = response.id != str(generation_id)
+    if replayed:
+        idempotency.mark_answered_from_record()
     structlog.contextvars.bind_contextvars(generation_id=response.id, replayed=replayed)
     if not replayed:
         GENERATIONS_CREATED.inc()

@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from litestar import Request
 
-from entitlements import limits
+from entitlements import idempotency, limits
 from entitlements.errors import DomainError
 from entitlements.http.auth import CALLER_SCOPE_KEY
 from entitlements.http.params import idempotency_key_from
@@ -23,6 +23,7 @@ from entitlements.keys import Caller
 
 RATE_LIMIT_SCOPE_KEY = "moments.rate_limit"
 POLICIES_STATE_KEY = "rate_limit_policies"
+LEASES_STATE_KEY = "rate_limit_leases"
 READ_METHODS = frozenset({"GET", "HEAD"})
 log = structlog.get_logger("moments.limits")
 
@@ -55,8 +56,10 @@ async def check_rate_limit(request: Request[Any, Any, Any]) -> None:
     if policy is None or not isinstance(caller, Caller):
         return
     key = idempotency_key_of(request.scope) if handler.opt.get("idempotent") else None
+    idempotency.forget_answered_from_record()
     try:
-        decision = await limits.check(request.app.state.pool, policy, key_id=caller.key_id, idempotency_key=key)
+        leases: limits.Leases = request.app.state[LEASES_STATE_KEY]
+        decision = await leases.check(request.app.state.pool, policy, key_id=caller.key_id, idempotency_key=key)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         # A limit that cannot be read lets the request through (it meets the same database next, and
         # answers for itself): the abuse guard must not turn a database hiccup into refusals of its own.
@@ -68,3 +71,19 @@ async def check_rate_limit(request: Request[Any, Any, Any]) -> None:
             f"too many {policy.name} requests for this API key (burst {policy.burst}, {policy.per_s:g} a second);"
             f" retry after {decision.retry_after_s} s"
         )
+
+
+async def give_back_if_answered_from_record(scope: Any) -> None:
+    """After the request: one a lease served that was answered from a stored record (a replay, or a key's
+    409) uses none of the allowance, as one checked by the database's statement never does."""
+    decision = scope.get(RATE_LIMIT_SCOPE_KEY)
+    if not isinstance(decision, limits.Decision) or not decision.leased or not idempotency.answered_from_record():
+        return
+    caller = scope.get(CALLER_SCOPE_KEY)
+    if not isinstance(caller, Caller):
+        return
+    state = scope["app"].state
+    try:
+        await state[LEASES_STATE_KEY].give_back(state.pool, decision.policy, key_id=caller.key_id)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        log.warning("rate_limit_not_given_back", endpoint_class=decision.policy.name, error_type=type(error).__name__)

@@ -15,7 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from entitlements import limits
 from entitlements.http.auth import CALLER_SCOPE_KEY, SESSION_COOKIE
-from entitlements.http.limits import RATE_LIMIT_SCOPE_KEY
+from entitlements.http.limits import RATE_LIMIT_SCOPE_KEY, give_back_if_answered_from_record
 from entitlements.http.observability import HEAD_SCOPE_KEY
 
 NO_STORE = (b"cache-control", b"no-store")
@@ -56,5 +56,6 @@ def http_semantics(app: ASGIApp) -> ASGIApp:
             await send(message)
 
         await app(scope, receive, send_completed)
+        await give_back_if_answered_from_record(scope)
 
     return middleware

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import asyncpg
@@ -23,6 +24,22 @@ T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+# Whether the request being served was answered from a stored record (a replay, or the 409 of a key reused
+# for another request): the rate limits give back what such a request took of a lease (http/limits.py).
+_answered_from_record: ContextVar[bool] = ContextVar("moments_answered_from_record", default=False)
+
+
+def forget_answered_from_record() -> None:
+    """At the start of a request."""
+    _answered_from_record.set(False)
+
+
+def mark_answered_from_record() -> None:
+    _answered_from_record.set(True)
+
+
+def answered_from_record() -> bool:
+    return _answered_from_record.get()
 
 
 def request_hash(operation: str, *parts: Any) -> bytes:
@@ -44,6 +61,7 @@ async def claim(
 
 def replayed(row: asyncpg.Record, *, operation: str, fingerprint: bytes, answer: type[T]) -> T:
     """A stored answer to replay for this request, or IdempotencyKeyReused if the key served another."""
+    mark_answered_from_record()
     if row["operation"] != operation or bytes(row["request_hash"]) != fingerprint:
         raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request")
     decoder = _decoders.get(answer)

@@ -99,3 +99,15 @@ def _settings(**changes: object) -> RateLimitSettings:
 def test_a_class_without_a_rate_is_not_limited_and_off_is_off() -> None:
     assert set(policies(_settings())) == {"generations", "writes"}
     assert policies(_settings(enabled=False)) == {}
+
+
+def test_a_lease_counts_the_intervals_it_moved_the_state_on() -> None:
+    from entitlements.limits import granted_requests
+
+    policy = Policy("reads", per_s=10.0, burst=100)
+    # A fresh key (no state before): from now.
+    assert granted_requests(policy, before=None, tat=after(policy, 8), now=NOW) == 8
+    # A key whose state lies ahead of now: from that state, not from now.
+    assert granted_requests(policy, before=after(policy, 3), tat=after(policy, 7), now=NOW) == 4
+    # A key caught up long ago: from now.
+    assert granted_requests(policy, before=NOW - timedelta(hours=1), tat=after(policy, 5), now=NOW) == 5
