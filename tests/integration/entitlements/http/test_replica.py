@@ -184,4 +184,6 @@ async def test_a_stopped_replica_leaves_reads_to_the_primary_until_it_is_back(
         finally:
             pair.start_replica()
         await until_ready_says(api, replica="ok", reads="replica")
+        # "ok" promises at most the bound's staleness, not the grant made while it was down: wait for that.
+        await pair.wait_caught_up()
         assert await available(api, "carol") == 301
