@@ -1,5 +1,13 @@
 """Every SQL statement of the rate limits."""
 
+# Whether the request ($1 the key, $5 its Idempotency-Key) replays a stored answer: then nothing is counted.
+_REPLAY = """WITH replay AS (
+    SELECT EXISTS (
+        SELECT FROM api_idempotency
+        WHERE $5::text IS NOT NULL AND caller_key_id = $1 AND idempotency_key = $5 AND response_body IS NOT NULL
+    ) AS stored
+)"""
+
 # One request's check, in one statement, whatever the number of processes: the generic cell rate
 # algorithm on the key's row for the class. `tat` (theoretical arrival time) moves one emission interval
 # ($3 µs) later for each request allowed; a request is allowed while `tat` is at most the tolerance
@@ -7,13 +15,8 @@
 # queue on it and each sees the one before. A denied request leaves `tat` where it was (it is not
 # counted). A request whose Idempotency-Key ($5) already has a stored answer is a replay: nothing is
 # counted and the key's row is only read, for the headers.
-CHECK = """
-WITH replay AS (
-    SELECT EXISTS (
-        SELECT FROM api_idempotency
-        WHERE $5::text IS NOT NULL AND caller_key_id = $1 AND idempotency_key = $5 AND response_body IS NOT NULL
-    ) AS stored
-), counted AS (
+CHECK = f"""
+{_REPLAY}, counted AS (
     INSERT INTO rate_limits AS r (key_id, endpoint_class, tat, allowed)
     SELECT $1, $2, statement_timestamp() + $3::interval, true FROM replay WHERE NOT replay.stored
     ON CONFLICT (key_id, endpoint_class) DO UPDATE SET
@@ -33,13 +36,8 @@ FROM replay LEFT JOIN counted c ON true
 # `n` cells at once: as many as the allowance holds now (at least one, at most $6) move `tat` on by one
 # interval each. `before` (PostgreSQL 18's RETURNING old) is the state the grant was taken from, so the
 # caller can tell how many it got: (tat - greatest(before, now)) / interval. A replay takes nothing.
-LEASE = """
-WITH replay AS (
-    SELECT EXISTS (
-        SELECT FROM api_idempotency
-        WHERE $5::text IS NOT NULL AND caller_key_id = $1 AND idempotency_key = $5 AND response_body IS NOT NULL
-    ) AS stored
-), counted AS (
+LEASE = f"""
+{_REPLAY}, counted AS (
     INSERT INTO rate_limits AS r (key_id, endpoint_class, tat, allowed)
     SELECT $1, $2, statement_timestamp() + $3::interval * least($6::int, $7::int), true
     FROM replay WHERE NOT replay.stored
