@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import AsyncIterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ import ledger as L
 import migrations
 from entitlements import seal
 from tests.support.before_partitions import exports
-from tests.support.database import dsn_with_database
 from tests.support.seal import activity, export_lines, seal_everything, seal_settings
 
 # The last commit whose migrations end at 0013: its code writes the data the migration converts.
@@ -35,23 +33,6 @@ BEFORE_PARTITIONS_COMMIT = "c52a33a"
 LAST_UNPARTITIONED = 13
 REPOSITORY = Path(__file__).resolve().parents[3]
 BEFORE_TIMEOUT_S = 300
-
-
-@pytest.fixture
-async def database(postgres_admin_dsn: str) -> AsyncIterator[str]:
-    name = f"partition_migration_{os.getpid()}"
-    admin = await asyncpg.connect(postgres_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield dsn_with_database(postgres_admin_dsn, name)
-    admin = await asyncpg.connect(postgres_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def old_release(directory: Path) -> Path:
@@ -72,20 +53,20 @@ def old_release(directory: Path) -> Path:
     return directory
 
 
-async def test_a_database_with_data_is_converted_and_reads_back_the_same(database: str, tmp_path: Path) -> None:
+async def test_a_database_with_data_is_converted_and_reads_back_the_same(empty_database: str, tmp_path: Path) -> None:
     old = old_release(tmp_path / "old")
     up_to_0013 = tmp_path / "migrations-0013"
     up_to_0013.mkdir()
     for path in sorted(migrations.MIGRATIONS_DIR.glob("*.sql")):
         if int(path.name[:4]) <= LAST_UNPARTITIONED:
             shutil.copy(path, up_to_0013 / path.name)
-    await migrations.apply(database, up_to_0013)
+    await migrations.apply(empty_database, up_to_0013)
 
     key_dir = tmp_path / "keys"
     key_dir.mkdir()
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"PYTHONPATH": str(old)}
     ran = subprocess.run(
-        [sys.executable, str(old / "before_partitions.py"), database, str(key_dir)],
+        [sys.executable, str(old / "before_partitions.py"), empty_database, str(key_dir)],
         cwd=old,
         env=environment,
         capture_output=True,
@@ -101,9 +82,9 @@ async def test_a_database_with_data_is_converted_and_reads_back_the_same(databas
     assert len(before["feed"]) == before["sealed_last_position"]
     assert all(before["exports"].values())
 
-    assert await migrations.apply(database) == ["0014_ledger_partitions"]
+    assert await migrations.apply(empty_database) == ["0014_ledger_partitions"]
 
-    pool = await asyncpg.create_pool(database, min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=4)
     try:
         async with L.Ledger(pool) as led:
             report = await led.audit()

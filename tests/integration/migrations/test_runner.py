@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 import migrations
-from tests.support.database import dsn_with_database
 
 MOMENTS_COMMAND = Path(sys.executable).parent / "moments"
 CLI_TIMEOUT_S = 60
@@ -31,25 +28,6 @@ EXPECTED_TABLES = {
     "ledger_lots",
     "ledger_holds",
 }
-_empty_numbers = itertools.count(1)
-
-
-@pytest.fixture
-async def empty_database(postgres_admin_dsn: str) -> AsyncIterator[str]:
-    """A brand-new database with nothing in it (not a clone of the migrated template)."""
-    name = f"migrations_{os.getpid()}_{next(_empty_numbers)}"
-    admin = await asyncpg.connect(postgres_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield dsn_with_database(postgres_admin_dsn, name)
-    admin = await asyncpg.connect(postgres_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture
