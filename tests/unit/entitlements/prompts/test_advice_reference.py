@@ -84,6 +84,39 @@ def test_the_same_answer_on_5000_character_prompts(prompt: str) -> None:
     assert fast(prompt, 4, True) == old(prompt, 4, True)
 
 
+# Long prompts that are not one piece repeated: camera words (with the camera as subject, pacing words and
+# the connectives of pairs), quotes of every kind (each opener and each closer, apostrophes inside words),
+# cues, speech and on-screen-text words, negations and sequence words, near the 5,000-character limit.
+LONG_VOCABULARY = sorted(
+    reference._CAMERA_ANCHORS
+    | reference._PAIR_ANCHORS
+    | reference.CAMERA_SUBJECTS
+    | reference.CAMERA_PACING
+    | reference.CUE_WORDS
+    | reference.SPEECH_WORDS
+    | reference.TEXT_CUES
+    | reference.NEGATIONS
+    | reference._SEQUENCE_WORDS
+    | reference._SCENE_ANCHORS
+    | set(reference._DIRECTIONS.split("|"))
+    | {"and", "or", "&", "/", "+", "then", "she", "he", "don't", "it's", "girls'", "no distortion", "İ"}
+)
+QUOTE_MARKS = sorted({*reference._CLOSERS, *"".join(reference._CLOSERS.values()), "'", "\u2019"})
+LONG_PIECES = st.sampled_from(LONG_VOCABULARY) | st.sampled_from(QUOTE_MARKS)
+LONG_JOINERS = st.sampled_from([" ", " ", " ", ", ", ". ", "\n", " '", "' ", ' "', '" ', " “", "” ", *QUOTE_MARKS])
+LONG_PROMPTS = st.lists(st.tuples(LONG_PIECES, LONG_JOINERS), min_size=700, max_size=1_000).map(
+    lambda pairs: "".join(a + b for a, b in pairs)[:5_000]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(prompt=LONG_PROMPTS, duration_s=DURATIONS, audio=AUDIO)
+def test_the_same_answer_on_long_prompts_of_camera_words_and_quotes(
+    prompt: str, duration_s: int | None, audio: bool | None
+) -> None:
+    assert fast(prompt, duration_s, audio) == old(prompt, duration_s, audio)
+
+
 KNOWN = [
     *EXAMPLE_PROMPTS.values(),
     *GOOD_FRAGMENTS,
