@@ -67,9 +67,10 @@ run: $(STAMP)
 # so a single process left CI's two cores idle three-quarters of the time. Each worker starts its own
 # embedded PostgreSQL.
 PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL = $(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 test: $(STAMP) chromium pgbouncer-package
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
+	$(PYTEST_PARALLEL) tests
 	@$(MAKE) --no-print-directory pgbouncer
 
 # PgBouncer's own tests (tests/integration/pgbouncer) run in `make integration`; this is the second pass.
@@ -81,17 +82,17 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 integration: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/integration
+	$(PYTEST_PARALLEL) tests/integration
 
 e2e: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/e2e
+	$(PYTEST_PARALLEL) tests/e2e
 
 browser: $(STAMP) chromium
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/browser
+	$(PYTEST_PARALLEL) tests/browser
 
 # The chaos suite alone (also part of `make test`): faults injected into real processes under load.
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests/chaos
+	$(PYTEST_PARALLEL) tests/chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -292,25 +292,22 @@ def _spaced(text: str) -> str:
     return text
 
 
-def _count(tokens: list[str], token_set: set[str] | frozenset[str] | None = None) -> int:
-    """Tokens that are words: not a lone hyphen or apostrophe."""
-    present = tokens if token_set is None else token_set
-    if _JUNK_SET.isdisjoint(present):
-        return len(tokens)
-    return len(tokens) - sum(tokens.count(junk) for junk in _JUNK_TOKENS if junk in present)
-
-
 # Each junk token as a whole token: the mark first (so that the pattern is found by a fast scan), then no
 # letter of a word before it and none after.
 _JUNK_PATTERNS = {junk: re.compile(re.escape(junk) + rf"(?<!\S{re.escape(junk)})(?!\S)") for junk in _JUNK_TOKENS}
 
 
-def _words_of(spaced: str, tokens: list[str], token_set: frozenset[str]) -> int:
-    """_count of the prompt's tokens, the junk among them counted by a scan of the text (list.count compares
-    every token: a tenth of the advice on a 5,000-character prompt)."""
-    if _JUNK_SET.isdisjoint(token_set):
+def _count(tokens: list[str], token_set: set[str] | frozenset[str] | None = None, spaced: str | None = None) -> int:
+    """Tokens that are words: not a lone hyphen or apostrophe. Given `spaced`, the text `tokens` were split
+    from, the junk is counted by a scan of it: list.count compares every token, a tenth of the advice on a
+    5,000-character prompt."""
+    present = tokens if token_set is None else token_set
+    if _JUNK_SET.isdisjoint(present):
         return len(tokens)
-    return len(tokens) - sum(len(_JUNK_PATTERNS[junk].findall(spaced)) for junk in _JUNK_TOKENS if junk in token_set)
+    junk_present = [junk for junk in _JUNK_TOKENS if junk in present]
+    if spaced is None:
+        return len(tokens) - sum(tokens.count(junk) for junk in junk_present)
+    return len(tokens) - sum(len(_JUNK_PATTERNS[junk].findall(spaced)) for junk in junk_present)
 
 
 def _count_plain(spaced: str) -> int:
@@ -365,7 +362,7 @@ class _Text:
         # which words the prompt has is then on a set of a few dozen).
         self.token_set = _LOOKED_UP.intersection(self.tokens)
         self.cjk = _has_cjk(spaced)
-        self.word_count = _count_spaced(spaced, True) if self.cjk else _words_of(spaced, self.tokens, self.token_set)
+        self.word_count = _count_spaced(spaced, True) if self.cjk else _count(self.tokens, self.token_set, spaced)
 
     def count_words(self, start: int, end: int) -> int:
         """count_words of the prompt's text in [start, end)."""
@@ -999,13 +996,8 @@ def dialogue(text: _Text) -> list[AdviceItem]:
         window_start = max(previous_end, start - window_chars)
         previous_end = end
         inside = padded[start + 2 : end]
-        if cjk and _CJK_RUN.search(inside) is not None:
-            words = _count_spaced(inside, True)
-        else:
-            tokens = inside.split()
-            words = len(tokens)
-            if words and ("-" in inside or "'" in inside or "\u2019" in inside):
-                words = _count(tokens)
+        cjk_inside = cjk and _CJK_RUN.search(inside) is not None
+        words = _count_spaced(inside, True) if cjk_inside else _count_plain(inside)
         if not words:
             continue
         # The last CUE_WORDS_BACK words of the window (rsplit stops there: the rest is one piece, dropped).
